@@ -1,0 +1,162 @@
+"""The shared config schema: defaults for every group, and one validator that names the bad key.
+
+Every config file in `configs/` starts from `base_config()` and changes what it needs; the command
+line (`--config.a.b=v`) can only set keys that exist here, because the config is locked.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+ALGORITHMS = ("sft",)
+MODEL_FAMILIES = ("llama",)
+ATTENTION_IMPLS = ("xla",)
+LOGPROB_IMPLS = ("naive", "chunked", "pallas")
+REMAT_POLICIES = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message starts with the full key, e.g. `config.train.steps`."""
+
+
+def model_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.family = "llama"            # Architecture family: llama (more arrive with the HF issue).
+  c.vocab_size = -1             # -1: take it from the tokenizer.
+  c.d_model = 128               # Residual stream width D.
+  c.num_layers = 2              # Transformer blocks L.
+  c.num_heads = 4               # Query heads H.
+  c.num_kv_heads = 2            # Key/value heads K (H % K == 0: grouped-query attention).
+  c.head_dim = 32               # Per-head width.
+  c.mlp_dim = 384               # SwiGLU hidden width.
+  c.rope_theta = 10000.0        # RoPE base.
+  c.norm_eps = 1e-5             # RMSNorm epsilon.
+  c.tie_embeddings = True       # Unembedding = embedding transposed.
+  c.qkv_bias = False            # Bias on q/k/v projections (Qwen2-style).
+  c.dtype = "float32"           # Compute dtype (bfloat16 for speed; params stay in param_dtype).
+  c.param_dtype = "float32"     # Master weight dtype.
+  c.attention = "xla"           # Attention implementation.
+  c.logprob_impl = "naive"      # Per-token log-prob implementation: naive | chunked | pallas.
+  c.scan_layers = False         # lax.scan over stacked layers (faster compile for deep models).
+  c.remat = "none"              # Rematerialisation policy per block: none | full | dots.
+  c.init_checkpoint = ""        # Start from the params of this workdir's latest checkpoint.
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All groups with defaults. Config files override fields; they never add new ones."""
+  c = ml_collections.ConfigDict()
+  c.algorithm = "sft"           # Which loss and loop: sft (rm, dpo, grpo, ppo arrive with their issues).
+  c.model = model_config()
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""         # A sentencepiece .model file.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train_path = ""        # JSONL file(s) or glob(s), comma-separated.
+  c.data.eval_path = ""         # Held-out JSONL for eval loss ("" = no eval).
+  c.data.seq_len = 128          # Tokens per packed row T.
+  c.data.pack = True            # Pack several examples per row (segment_ids keep them apart).
+  c.data.overlong = "truncate"  # Examples longer than seq_len: truncate | drop (both counted).
+  c.data.shuffle = True         # Shuffle rows each epoch.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3             # Peak learning rate.
+  c.optim.warmup_steps = 10     # Linear warmup from 0.
+  c.optim.schedule = "cosine"   # cosine | constant (after warmup).
+  c.optim.end_lr_ratio = 0.1    # Final lr = lr * end_lr_ratio (cosine).
+  c.optim.b1 = 0.9              # Adam beta1.
+  c.optim.b2 = 0.95             # Adam beta2.
+  c.optim.eps = 1e-8            # Adam epsilon.
+  c.optim.weight_decay = 0.0    # Decoupled weight decay (never on norms, biases or 1-D params).
+  c.optim.grad_clip = 1.0       # Global-norm clip (0 = off).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100           # Optimizer steps.
+  c.train.batch_size = 8        # Global batch in rows.
+  c.train.grad_accum = 1        # Microbatches per step (batch_size % grad_accum == 0).
+  c.train.seed = 0              # Params init, data order and step rng.
+  c.train.log_every = 10        # Steps between metrics lines.
+  c.train.eval_every = 0        # Steps between eval-loss passes (0 = only at the end if eval_path).
+  c.train.checkpoint_every = 0  # Steps between checkpoints (0 = only at the end).
+  c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  c.train.stop_at_loss = 0.0    # Stop early once the logged train loss is below this (0 = off).
+  c.train.progress = True       # tqdm bar on a terminal (plain lines otherwise).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1              # Data-parallel axis size (-1: whatever is left).
+  c.mesh.fsdp = 1               # Parameter-sharded data-parallel axis.
+  c.mesh.tensor = 1             # Tensor-parallel axis (heads, mlp, vocab).
+  return c
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def _choice(config, key: str, choices) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  _check(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the first invalid key. `num_devices` checks the mesh when given."""
+  _choice(config, "algorithm", ALGORITHMS)
+  _choice(config, "model.family", MODEL_FAMILIES)
+  _choice(config, "model.attention", ATTENTION_IMPLS)
+  _choice(config, "model.logprob_impl", LOGPROB_IMPLS)
+  _choice(config, "model.remat", REMAT_POLICIES)
+  _choice(config, "model.dtype", DTYPES)
+  _choice(config, "model.param_dtype", DTYPES)
+  _choice(config, "data.overlong", ("truncate", "drop"))
+  _choice(config, "optim.schedule", ("cosine", "constant"))
+  m = config.model
+  for key in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+    _check(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
+  _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+         f"num_heads={m.num_heads} is not a multiple of num_kv_heads={m.num_kv_heads}")
+  _check(m.vocab_size == -1 or m.vocab_size > 0, "model.vocab_size", f"must be > 0 or -1, got {m.vocab_size}")
+  t = config.train
+  _check(t.steps > 0, "train.steps", f"must be > 0, got {t.steps}")
+  _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
+  _check(t.grad_accum > 0, "train.grad_accum", f"must be > 0, got {t.grad_accum}")
+  _check(t.batch_size % t.grad_accum == 0, "train.grad_accum",
+         f"batch_size={t.batch_size} is not divisible by grad_accum={t.grad_accum}")
+  for key in ("log_every", "eval_every", "checkpoint_every"):
+    _check(t[key] >= 0, f"train.{key}", f"must be >= 0, got {t[key]}")
+  _check(t.keep_checkpoints > 0, "train.keep_checkpoints", f"must be > 0, got {t.keep_checkpoints}")
+  _check(config.data.seq_len > 1, "data.seq_len", f"must be > 1, got {config.data.seq_len}")
+  _check(config.optim.lr > 0, "optim.lr", f"must be > 0, got {config.optim.lr}")
+  _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {config.optim.warmup_steps}")
+  _check(config.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {config.optim.grad_clip}")
+  for axis in MESH_AXES:
+    size = config.mesh[axis]
+    _check(size == -1 or size > 0, f"mesh.{axis}", f"must be > 0 or -1, got {size}")
+  _check(sum(config.mesh[a] == -1 for a in MESH_AXES) <= 1, "mesh", "at most one axis may be -1")
+  if num_devices is not None:
+    fixed = 1
+    for axis in MESH_AXES:
+      fixed *= max(config.mesh[axis], 1)
+    free = [a for a in MESH_AXES if config.mesh[a] == -1]
+    shape = ", ".join(f"{a}={config.mesh[a]}" for a in MESH_AXES)
+    if free:
+      _check(num_devices % fixed == 0, f"mesh.{free[0]}", f"mesh ({shape}) does not divide {num_devices} devices")
+    else:
+      _check(fixed == num_devices, "mesh", f"mesh ({shape}) has {fixed} devices, but {num_devices} are present")
+    per_step = t.batch_size // t.grad_accum
+    data_ways = mesh_shape(config, num_devices)
+    ways = data_ways["data"] * data_ways["fsdp"]
+    _check(per_step % ways == 0, "train.batch_size",
+           f"microbatch of {per_step} rows does not split over data*fsdp={ways} devices")
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+  """Resolves the one `-1` axis of `config.mesh` against the device count."""
+  fixed = 1
+  for axis in MESH_AXES:
+    fixed *= max(config.mesh[axis], 1)
+  return {a: (num_devices // fixed if config.mesh[a] == -1 else config.mesh[a]) for a in MESH_AXES}

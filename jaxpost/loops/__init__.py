@@ -1,0 +1,1 @@
+"""Training loops: offline (batches from files) and, later, online (batches from sampling)."""

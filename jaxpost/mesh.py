@@ -1,0 +1,69 @@
+"""Device mesh from config, the logical-axis table, and sharding helpers.
+
+Parameters carry logical axis names (`nnx.Param(..., logical=("embed", "mlp"))`); `LOGICAL_RULES`
+maps each name to a mesh axis. That table is the only place that decides how a model is sharded.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxpost import config as config_lib
+
+# logical axis -> mesh axis (or tuple of axes, or None = replicated).
+LOGICAL_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "embed": "fsdp",
+    "vocab": "tensor",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "layers": None,
+    "norm": None,
+}
+
+
+def make_mesh(config, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh sized by `config.mesh`, all axes Auto (GSPMD propagation)."""
+  devices = jax.devices() if devices is None else devices
+  shape = config_lib.mesh_shape(config, len(devices))
+  names = config_lib.MESH_AXES
+  return jax.make_mesh(tuple(shape[a] for a in names), names,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(names), devices=devices)
+
+
+def logical_to_spec(logical: tuple, shape: tuple, mesh: jax.sharding.Mesh) -> P:
+  """PartitionSpec for an array with these logical axes; a mesh axis that does not divide the
+  dimension (or is already used) is dropped, so odd sizes replicate instead of failing."""
+  if len(logical) < len(shape):  # Stacked (scanned) layers add a leading axis.
+    logical = ("layers",) * (len(shape) - len(logical)) + tuple(logical)
+  used, spec = set(), []
+  for name, dim in zip(logical, shape):
+    axes = LOGICAL_RULES.get(name) if name else None
+    axes = (axes,) if isinstance(axes, str) else (axes or ())
+    kept = []
+    for a in axes:
+      size = mesh.shape[a]
+      if a not in used and size > 1 and dim % (size * int(np.prod([mesh.shape[k] for k in kept]))) == 0:
+        kept.append(a)
+    used.update(kept)
+    spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return P(*spec)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
+  """Rows over (data, fsdp); the other dimensions replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Process-local rows -> global arrays sharded over (data, fsdp). Works unchanged multi-host."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}

@@ -1,0 +1,84 @@
+"""Building blocks of the Llama-family transformer: RMSNorm, RoPE, embeddings, SwiGLU.
+
+Every parameter is an `nnx.Param` with `logical=(...)` axis names (see jaxpost/mesh.py). Weights are
+stored in `param_dtype` and cast to the compute dtype at use (bf16 compute, f32 master weights).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs, shape: tuple, logical: tuple, dtype, *, std: float | None = None,
+          init: str = "normal") -> nnx.Param:
+  """A parameter with logical axes: truncated normal with `std` (default 1/sqrt(fan_in)), or ones/zeros."""
+  if init == "ones":
+    value = jnp.ones(shape, dtype)
+  elif init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  else:
+    std = std if std is not None else shape[0] ** -0.5
+    value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
+    value = value.astype(dtype)
+  return nnx.Param(value, logical=logical)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / sqrt(mean(x^2) + eps) * w, computed in f32 (Zhang & Sennrich, 2019)."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.weight = param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_frequencies(head_dim: int, theta: float, scaling: tuple | None = None) -> jax.Array:
+  """inv_freq_i = theta^(-2i/d), i < d/2 (Su et al., 2021). `scaling` is the hook for Llama 3.1-style
+  frequency rescaling; plain RoPE ignores it."""
+  inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # (D/2,)
+  if scaling is not None:
+    raise NotImplementedError(f"rope_scaling {scaling!r} arrives with the HF interop issue")
+  return inv
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotates pairs (x_i, x_{i+d/2}) by angle positions * inv_freq_i (the 'half-split' layout HF uses).
+
+  x: (B, T, N, D); positions: (B, T) int.
+  """
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (B, T, D/2)
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]  # (B, T, 1, D/2)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, N, D/2) each
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding table E (V, D); `attend` gives logits h @ E^T for tied unembedding."""
+
+  def __init__(self, vocab_size: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
+    self.embedding = param(rngs, (vocab_size, dim), ("vocab", "embed"), param_dtype, std=dim ** -0.5)
+
+  def __call__(self, tokens: jax.Array, dtype) -> jax.Array:
+    return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)  # (B, T, D)
+
+
+class SwiGLU(nnx.Module):
+  """MLP(x) = W_down (silu(x W_gate) * (x W_up)) (Shazeer, 2020)."""
+
+  def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs):
+    self.gate = param(rngs, (dim, hidden), ("embed", "mlp"), param_dtype)
+    self.up = param(rngs, (dim, hidden), ("embed", "mlp"), param_dtype)
+    self.down = param(rngs, (hidden, dim), ("mlp", "embed"), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt, shape = x.dtype, x.shape
+    x = x.reshape(-1, shape[-1])  # (B*T, D): plain 2-D GEMMs lower best on every backend.
+    g = x @ self.gate[...].astype(dt)  # (B*T, F)
+    u = x @ self.up[...].astype(dt)  # (B*T, F)
+    return ((jax.nn.silu(g) * u) @ self.down[...].astype(dt)).reshape(shape)  # (B, T, D)

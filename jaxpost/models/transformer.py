@@ -1,0 +1,126 @@
+"""Decoder-only Llama-family transformer in Flax NNX.
+
+  h_0 = E[tokens]
+  h_{l+1} = h_l' + MLP(norm(h_l')),  h_l' = h_l + Attn(norm(h_l), positions, segment_ids)
+  logits = norm(h_L) @ E^T (tied) or @ W_out
+
+Inputs are tokens, `positions` (RoPE; restart at 0 per packed example) and `segment_ids` (packed
+examples never attend to each other). Layers are a list of blocks, or one stacked block scanned
+with `lax.scan` (`scan_layers`); each block call can be rematerialised (`remat`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpost.models import attention as attention_lib
+from jaxpost.models.config import ModelConfig
+from jaxpost.models.layers import Embed, RMSNorm, SwiGLU, apply_rope, param, rope_inv_frequencies
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE and optional q/k/v bias."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h, k, hd, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
+    self.q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), pd)
+    self.k = param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd)
+    self.v = param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd)
+    self.o = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), pd, std=(h * hd) ** -0.5)
+    if cfg.qkv_bias:
+      self.q_bias = param(rngs, (h, hd), ("heads", "head_dim"), pd, init="zeros")
+      self.k_bias = param(rngs, (k, hd), ("kv_heads", "head_dim"), pd, init="zeros")
+      self.v_bias = param(rngs, (k, hd), ("kv_heads", "head_dim"), pd, init="zeros")
+
+  def __call__(self, x, positions, segment_ids):
+    cfg, dt = self.cfg, x.dtype
+    b, t, d = x.shape
+    x2 = x.reshape(b * t, d)  # 2-D GEMMs lower best on every backend.
+    q = (x2 @ self.q[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_heads, cfg.head_dim)  # (B, T, H, hd)
+    k = (x2 @ self.k[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
+    v = (x2 @ self.v[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
+    if cfg.qkv_bias:
+      q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+    inv_freq = rope_inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    out = attention_lib.attend(cfg.attention, q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                               causal=True)  # (B, T, H, hd)
+    out = out.reshape(b * t, -1) @ self.o[...].astype(dt).reshape(-1, d)  # (B*T, D)
+    return out.reshape(b, t, d)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: attention then SwiGLU."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    pd = cfg.weight_dtype
+    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
+    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, param_dtype=pd, rngs=rngs)
+
+  def __call__(self, x, positions, segment_ids):
+    x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+    return x + self.mlp(self.mlp_norm(x))
+
+
+def _block_fn(graphdef, remat: str):
+  """(x, block_state, positions, segment_ids) -> x as a pure function, rematerialised if asked."""
+  def apply(x, block_state, positions, segment_ids):
+    return nnx.merge(graphdef, block_state)(x, positions, segment_ids)
+  if remat == "none":
+    return apply
+  return jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+
+
+class Transformer(nnx.Module):
+  """The causal LM. `__call__` gives logits (B, T, V); `hidden` gives final-normed states (B, T, D)
+  and `unembedding()` the (D, V) matrix, so log-prob kernels can skip materialising logits."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pd = cfg.weight_dtype
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, param_dtype=pd, rngs=rngs)
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def stacked(rngs):
+        return Block(cfg, rngs=rngs)
+      self.blocks = stacked(rngs)  # Every param gains a leading (L,) axis.
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
+
+  def hidden(self, tokens, positions=None, segment_ids=None):
+    """tokens, positions, segment_ids: (B, T) int32 -> final-normed hidden states (B, T, D)."""
+    b, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
+    segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
+    x = self.embed(tokens, self.cfg.compute_dtype)  # (B, T, D)
+    if self.cfg.scan_layers:
+      graphdef, state = nnx.split(self.blocks)
+      fn = _block_fn(graphdef, self.cfg.remat)
+      x, _ = jax.lax.scan(lambda h, s: (fn(h, s, positions, segment_ids), None), x, state)
+    else:
+      for block in self.blocks:
+        graphdef, state = nnx.split(block)
+        x = _block_fn(graphdef, self.cfg.remat)(x, state, positions, segment_ids)
+    return self.final_norm(x)
+
+  def unembedding(self) -> jax.Array:
+    """(D, V) in the compute dtype."""
+    w = self.embed.embedding[...].T if self.cfg.tie_embeddings else self.unembed[...]
+    return w.astype(self.cfg.compute_dtype)
+
+  def __call__(self, tokens, positions=None, segment_ids=None):
+    h = self.hidden(tokens, positions, segment_ids)  # (B, T, D)
+    return jnp.einsum("btd,dv->btv", h, self.unembedding(), preferred_element_type=jnp.float32)  # (B, T, V)

@@ -1,0 +1,86 @@
+"""Entry point: python -m jaxpost.train --config=configs/NAME.py[:ARG] --workdir=DIR [--config.a.b=v ...]
+
+Loads the (locked) config, validates it, and hands it to the loop that `config.algorithm` names.
+Bad input ends with one line naming the key or file:line, and exit status 2.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sft_tiny.py[:ARG].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/.")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _check_override_keys(argv: list[str]) -> None:
+  """Names a misspelt `--config.a.b` key (with a suggestion) before absl turns it into a traceback."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return
+  try:
+    config = config_flags.config_flags._LoadConfigModule("config", spec.split(":", 1)[0])  # noqa: SLF001
+    config = config.get_config(*spec.split(":", 1)[1:])
+  except Exception:  # Reported (with the file) by absl's own parse below.
+    return
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        known = list(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(part, known, n=1)
+        hint = f" (did you mean {'.'.join(walked + close)}?)" if close else ""
+        _fail(f"--config.{key}: config.{'.'.join(walked + [part])} does not exist{hint}")
+      node, walked = node[part], walked + [part]
+
+
+def _parse(argv: list[str]) -> list[str]:
+  _check_override_keys(argv)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+  for name in ("config", "workdir"):
+    if flags.FLAGS[name].value is None:
+      _fail(f"--{name} is required")
+  return argv
+
+
+def main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax and XLA are chatty at INFO.
+  import jax
+  from jaxpost import config as config_lib
+  from jaxpost.data.jsonl import DataError
+  from jaxpost.loops import offline
+
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config, num_devices=jax.device_count())
+    offline.run(config, _WORKDIR.value)
+  except (config_lib.ConfigError, DataError, FileNotFoundError, offline.NonFiniteLossError) as e:
+    _fail(str(e))
+
+
+def run() -> None:
+  def parse(argv):
+    argv = _parse(argv)
+    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+      _fail("--config and --workdir are required")
+    return argv
+  app.run(main, flags_parser=parse)
+
+
+if __name__ == "__main__":
+  run()
