@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tensorboardX",
     "tqdm",
     "numpy",
+    "math-verify",
 ]
 
 EXTRAS = {
@@ -23,7 +24,6 @@ EXTRAS = {
     "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers"],
     "tpu": ["jax[tpu]"],
     "gpu": ["jax[cuda12]"],
-    "rl": ["math-verify"],
     "lora": ["qwix"],
 }
 

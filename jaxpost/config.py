@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ml_collections
 
-ALGORITHMS = ("sft",)
+ALGORITHMS = ("sft", "grpo")
 MODEL_FAMILIES = ("llama",)
-ATTENTION_IMPLS = ("xla",)
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 LOGPROB_IMPLS = ("naive", "chunked", "pallas")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
@@ -36,11 +36,45 @@ def model_config() -> ml_collections.ConfigDict:
   c.qkv_bias = False            # Bias on q/k/v projections (Qwen2-style).
   c.dtype = "float32"           # Compute dtype (bfloat16 for speed; params stay in param_dtype).
   c.param_dtype = "float32"     # Master weight dtype.
-  c.attention = "xla"           # Attention implementation.
+  c.attention = "xla"           # Attention: xla | pallas (jaxpost kernel) | cudnn | auto (best per platform).
   c.logprob_impl = "naive"      # Per-token log-prob implementation: naive | chunked | pallas.
   c.scan_layers = False         # lax.scan over stacked layers (faster compile for deep models).
   c.remat = "none"              # Rematerialisation policy per block: none | full | dots.
   c.init_checkpoint = ""        # Start from the params of this workdir's latest checkpoint.
+  return c
+
+
+def rl_config() -> ml_collections.ConfigDict:
+  """The online-RL group (GRPO family); data.train_path / data.eval_path then hold prompt records."""
+  c = ml_collections.ConfigDict()
+  c.prompts_per_step = 16       # Prompts P per rollout batch.
+  c.num_generations = 8         # Samples G per prompt (one GRPO group).
+  c.minibatch_size = 0          # Rows per optimizer update (0 = the whole rollout batch, P*G).
+  c.num_epochs = 1              # Passes (mu) over each rollout batch.
+  c.old_logps = "sampler"       # Behaviour log-probs: sampler (as sampled) | recompute (trainer, before updates).
+  c.max_prompt_len = 64         # Longer prompts are dropped (and counted).
+  c.max_new_tokens = 16         # Completion budget.
+  c.temperature = 1.0           # Sampling temperature (the loss uses the same one).
+  c.top_k = 0                   # 0 = off.
+  c.top_p = 1.0                 # 1 = off.
+  c.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce_pp.
+  c.policy_loss = "ppo_clip"    # ppo_clip | gspo | reinforce.
+  c.aggregation = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm.
+  c.epsilon_low = 0.2           # Clip range below 1.
+  c.epsilon_high = 0.2          # Clip range above 1 (DAPO clip-higher: > epsilon_low).
+  c.dual_clip = 0.0             # Dual-clip constant c > 1 for negative advantages (0 = off).
+  c.beta = 0.0                  # KL coefficient to the frozen reference (0 = no reference model kept).
+  c.kl_estimator = "k3"         # k1 | k2 | k3.
+  c.kl_in_reward = False        # Apply the KL as a per-sequence reward penalty instead of a loss term.
+  c.entropy_coef = 0.0          # Entropy bonus.
+  c.reward_fns = "exact_match"  # Comma-separated names or "pkg.module:fn", each optionally "=weight".
+  c.reward_timeout_s = 10.0     # A reward call past this scores 0 (counted).
+  c.dynamic_sampling = False    # Drop groups whose rewards are all equal (DAPO) and refill.
+  c.max_refills = 4             # Extra rollout batches tried per step to refill dropped groups.
+  c.overlong = "none"           # none | filter (no loss on truncated rows) | soft (DAPO length penalty).
+  c.overlong_buffer = 4         # Soft penalty ramps over the last this-many tokens of the budget.
+  c.eval_prompts = 200          # Held-out prompts per evaluation (greedy accuracy).
+  c.pass_k = 0                  # Also report pass@k with k samples at `temperature` (0 = off).
   return c
 
 
@@ -84,6 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.stop_at_loss = 0.0    # Stop early once the logged train loss is below this (0 = off).
   c.train.progress = True       # tqdm bar on a terminal (plain lines otherwise).
 
+  c.rl = rl_config()
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1              # Data-parallel axis size (-1: whatever is left).
   c.mesh.fsdp = 1               # Parameter-sharded data-parallel axis.
@@ -114,6 +150,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, "model.param_dtype", DTYPES)
   _choice(config, "data.overlong", ("truncate", "drop"))
   _choice(config, "optim.schedule", ("cosine", "constant"))
+  if config.algorithm == "grpo":
+    _validate_rl(config)
   m = config.model
   for key in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
     _check(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
@@ -147,11 +185,35 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       _check(num_devices % fixed == 0, f"mesh.{free[0]}", f"mesh ({shape}) does not divide {num_devices} devices")
     else:
       _check(fixed == num_devices, "mesh", f"mesh ({shape}) has {fixed} devices, but {num_devices} are present")
-    per_step = t.batch_size // t.grad_accum
+    per_step = (rl_minibatch(config) if config.algorithm == "grpo" else t.batch_size) // t.grad_accum
     data_ways = mesh_shape(config, num_devices)
     ways = data_ways["data"] * data_ways["fsdp"]
-    _check(per_step % ways == 0, "train.batch_size",
+    _check(per_step % ways == 0, "rl.minibatch_size" if config.algorithm == "grpo" else "train.batch_size",
            f"microbatch of {per_step} rows does not split over data*fsdp={ways} devices")
+
+
+def _validate_rl(config) -> None:
+  r = config.rl
+  _choice(config, "rl.old_logps", ("sampler", "recompute"))
+  _choice(config, "rl.advantage", ("grpo", "dr_grpo", "rloo", "reinforce_pp"))
+  _choice(config, "rl.policy_loss", ("ppo_clip", "gspo", "reinforce"))
+  _choice(config, "rl.aggregation", ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
+  _choice(config, "rl.kl_estimator", ("k1", "k2", "k3"))
+  _choice(config, "rl.overlong", ("none", "filter", "soft"))
+  for key in ("prompts_per_step", "num_generations", "num_epochs", "max_prompt_len", "max_new_tokens"):
+    _check(r[key] > 0, f"rl.{key}", f"must be > 0, got {r[key]}")
+  rows = r.prompts_per_step * r.num_generations
+  mb = r.minibatch_size or rows
+  _check(rows % mb == 0, "rl.minibatch_size", f"{mb} does not divide the rollout batch of {rows} rows")
+  _check(r.num_generations > 1 or r.advantage == "reinforce_pp", "rl.num_generations",
+         f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
+  _check(r.beta >= 0, "rl.beta", f"must be >= 0, got {r.beta}")
+  _check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
+  _check(r.temperature >= 0, "rl.temperature", f"must be >= 0, got {r.temperature}")
+
+
+def rl_minibatch(config) -> int:
+  return config.rl.minibatch_size or config.rl.prompts_per_step * config.rl.num_generations
 
 
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:

@@ -4,7 +4,8 @@
 
 1. base: a 0.4M-parameter transformer pre-trained on procedural arithmetic text; it only continues text.
 2. sft:  chat SFT from the base on 400 question/answer conversations; now it answers.
-Both are evaluated by greedy decoding on the same held-out problems (pairs never seen in training),
+3. grpo: RL with a verifiable reward (the exact sum) from the SFT model: 16 prompts x 8 samples a step.
+All are evaluated by greedy decoding on the same held-out problems (pairs never seen in training),
 with the chat template, and the same prompt is shown answered by each.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for data, init and data order.")
 _EVAL = flags.DEFINE_integer("num_eval", 500, "Held-out problems to evaluate on.")
 _BASE_STEPS = flags.DEFINE_integer("base_steps", None, "Override the base pre-training steps.")
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Override the SFT steps.")
+_GRPO_STEPS = flags.DEFINE_integer("grpo_steps", None, "Override the GRPO steps (0 skips the stage).")
 
 
 def _write_jsonl(path: str, records) -> None:
@@ -89,6 +91,10 @@ def main(argv) -> None:
   _write_jsonl(pretrain_path, arithmetic.pretraining_records(8000, seed=seed))
   _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1))
   problems = arithmetic.held_out_problems(_EVAL.value, seed=seed + 2)
+  prompts_path = os.path.join(root, "data", "prompts.jsonl")
+  eval_prompts_path = os.path.join(root, "data", "eval_prompts.jsonl")
+  _write_jsonl(prompts_path, arithmetic.prompt_records(arithmetic.TRAIN_PAIRS))
+  _write_jsonl(eval_prompts_path, [{"prompt": q, "answer": str(a)} for q, a in problems])
 
   base_cfg = load_config("base")
   base_cfg.data.train_path, base_cfg.train.seed = pretrain_path, seed
@@ -99,6 +105,12 @@ def main(argv) -> None:
   sft_cfg.model.init_checkpoint = os.path.join(root, "base")
   if _SFT_STEPS.value:
     sft_cfg.train.steps = _SFT_STEPS.value
+  grpo_cfg = load_config("grpo")
+  grpo_cfg.data.train_path, grpo_cfg.data.eval_path, grpo_cfg.train.seed = prompts_path, eval_prompts_path, seed
+  grpo_cfg.model.init_checkpoint = os.path.join(root, "sft")
+  grpo_cfg.train.eval_every = 0  # The demo scores every stage itself, the same way.
+  if _GRPO_STEPS.value is not None:
+    grpo_cfg.train.steps = _GRPO_STEPS.value
   tokenizer = tokenizers.load(base_cfg.tokenizer.path)
   mesh = mesh_lib.make_mesh(base_cfg)
 
@@ -115,13 +127,25 @@ def main(argv) -> None:
   sft_acc, sft_texts, _ = evaluate(os.path.join(root, "sft"), sft_cfg, problems, tokenizer, mesh)
   print(f"sft accuracy (chat prompts): {sft_acc:.1f}%  [{time.perf_counter() - start:.0f}s]", flush=True)
 
+  grpo_acc, grpo_texts = None, None
+  if grpo_cfg.train.steps:
+    from jaxpost.loops import online
+    print("== stage 3: GRPO with a verifiable reward (exact sum)", flush=True)
+    online.run(grpo_cfg, os.path.join(root, "grpo"))
+    grpo_acc, grpo_texts, _ = evaluate(os.path.join(root, "grpo"), grpo_cfg, problems, tokenizer, mesh)
+    print(f"grpo accuracy (chat prompts): {grpo_acc:.1f}%  [{time.perf_counter() - start:.0f}s]", flush=True)
+
   q, a = problems[0]
   print(f"\nthe same held-out question, {q!r} (answer {a}):")
   print(f"  base, as plain text  -> {q + continue_text(base_model, tokenizer, [q])[0]!r}")
   print(f"  base, chat template  -> {base_texts[0]!r}")
   print(f"  sft,  chat template  -> {sft_texts[0]!r}")
-  print(f"\naccuracy: base={base_acc:.1f} sft={sft_acc:.1f} (percent, {len(problems)} held-out problems, "
-        f"seed {seed}, {time.perf_counter() - start:.0f}s)")
+  line = f"accuracy: base={base_acc:.1f} sft={sft_acc:.1f}"
+  if grpo_acc is not None:
+    print(f"  grpo, chat template  -> {grpo_texts[0]!r}")
+    line += f" grpo={grpo_acc:.1f}"
+  print(f"\n{line}")
+  print(f"(percent, {len(problems)} held-out problems, seed {seed}, {time.perf_counter() - start:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,25 @@ def naive_token_logprobs(hidden, w_unembed, targets, *, temperature=1.0, return_
 
 
 def _kernel_logprobs(impl):
+  """A `jaxpost.kernels.logprobs` implementation; under a context mesh (jax.set_mesh) it runs per shard:
+  tokens over (data, fsdp) and, when the tensor axis divides V, vocab-parallel over tensor."""
   def fn(hidden, w_unembed, targets, *, temperature=1.0, return_entropy=False):
-    from jaxpost.kernels.logprobs import token_logprobs  # Imported lazily: kernels are optional here.
-    return token_logprobs(hidden, w_unembed, targets, temperature=temperature, return_entropy=return_entropy,
-                          impl=impl, interpret=jax.default_backend() == "cpu" and impl == "pallas")
+    from jaxpost.kernels.logprobs import token_logprobs, token_logprobs_sharded
+    kwargs = dict(temperature=temperature, return_entropy=return_entropy, impl=impl,
+                  interpret=jax.default_backend() == "cpu" and impl == "pallas")
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+      return token_logprobs(hidden, w_unembed, targets, **kwargs)
+    token_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+    ways = 1
+    for a in token_axes:
+      ways *= mesh.shape[a]
+    if hidden.shape[0] % ways:
+      return token_logprobs(hidden, w_unembed, targets, **kwargs)
+    tensor = mesh.shape.get("tensor", 1)
+    vocab_axis = "tensor" if tensor > 1 and w_unembed.shape[1] % tensor == 0 else None
+    return token_logprobs_sharded(hidden, w_unembed, targets, mesh, token_axes=token_axes, vocab_axis=vocab_axis,
+                                  **kwargs)
   return fn
 
 

@@ -55,9 +55,9 @@ def logical_to_spec(logical: tuple, shape: tuple, mesh: jax.sharding.Mesh) -> P:
   return P(*spec)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
-  """Rows over (data, fsdp); the other dimensions replicated."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Rows (the leading axis, any rank) over (data, fsdp); the other dimensions replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -66,4 +66,4 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Process-local rows -> global arrays sharded over (data, fsdp). Works unchanged multi-host."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh), v) for k, v in local.items()}

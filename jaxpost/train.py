@@ -63,13 +63,17 @@ def main(argv) -> None:
   import jax
   from jaxpost import config as config_lib
   from jaxpost.data.jsonl import DataError
-  from jaxpost.loops import offline
+  from jaxpost.loops import common
 
   config = _CONFIG.value
   try:
     config_lib.validate(config, num_devices=jax.device_count())
-    offline.run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, DataError, FileNotFoundError, offline.NonFiniteLossError) as e:
+    if config.algorithm == "grpo":
+      from jaxpost.loops import online as loop
+    else:
+      from jaxpost.loops import offline as loop
+    loop.run(config, _WORKDIR.value)
+  except (config_lib.ConfigError, DataError, FileNotFoundError, common.NonFiniteLossError) as e:
     _fail(str(e))
 
 

@@ -4,8 +4,10 @@
     python scripts/bench_logprobs.py --small    # CPU smoke run (Pallas in interpret mode)
 
 Each (shape, impl) runs in a fresh subprocess so peak_bytes_in_use never mixes between impls.
-Forward+backward is value_and_grad of sum(logps) w.r.t. hidden and W. 'naive' is the reference:
-full [N, V] f32 logits. Peak memory includes the inputs (and, for fwd+bwd, the grads); the 'inputs'
+Forward+backward is value_and_grad of sum(logps) w.r.t. hidden and W. 'naive' is the kernel
+package's reference (full [N, V] f32 logits at HIGHEST precision, an oracle, slow on GPU); 'baseline'
+is PERF.md's naive (default-precision matmul to f32 logits, logsumexp, take_along_axis), and the
+ratios are against it. Peak memory includes the inputs (and, for fwd+bwd, the grads); the 'inputs'
 column gives the bytes live before the first call. A failing variant prints an error row.
 """
 import argparse
@@ -17,7 +19,7 @@ import time
 
 SHAPES = [(8192, 2048, 128256), (16384, 4096, 151936)]
 SMALL_SHAPES = [(256, 128, 1000)]
-IMPLS = ("pallas", "chunked", "naive")
+IMPLS = ("pallas", "chunked", "naive", "baseline")
 
 
 def _peak_bytes():
@@ -56,8 +58,13 @@ def child(impl, n, d, v, iters):
   y = jax.random.randint(k3, (n,), 0, v)
   jax.block_until_ready((h, w, y))
   inputs = _in_use_bytes()
-  fwd = jax.jit(lambda h, w, y: token_logprobs(h, w, y, impl=impl, interpret=interpret))
-  loss = lambda h, w, y: jnp.sum(token_logprobs(h, w, y, impl=impl, interpret=interpret))
+  if impl == "baseline":  # PERF.md's naive: default-precision matmul to f32 logits, logsumexp, take.
+    from jaxpost.logprobs import naive_token_logprobs
+    logprobs = naive_token_logprobs
+  else:
+    logprobs = lambda h, w, y: token_logprobs(h, w, y, impl=impl, interpret=interpret)
+  fwd = jax.jit(logprobs)
+  loss = lambda h, w, y: jnp.sum(logprobs(h, w, y))
   fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   fwd_ms = _time_ms(fwd, (h, w, y), iters)
   peak_fwd = _peak_bytes()
@@ -111,12 +118,13 @@ def main():
       print(f"{n:>6} {d:>5} {v:>7} {impl:>8} {r['fwd_ms']:>16.2f} {r['fwd_bwd_ms']:>16.2f} "
             f"{_gib(r['peak_fwd']):>15} {_gib(r['peak_fwd_bwd']):>15} {_gib(r['inputs']):>7}  "
             f"{r['device']}", flush=True)
-    naive = results.get("naive")
+    base_name = "baseline" if "baseline" in results else "naive"
+    base = results.get(base_name)
     for impl, r in results.items():
-      if naive and impl != "naive":
-        ratios = " ".join(f"{k} {_ratio(r[k], naive[k])}"
+      if base and impl != base_name:
+        ratios = " ".join(f"{k} {_ratio(r[k], base[k])}"
                           for k in ("fwd_ms", "fwd_bwd_ms", "peak_fwd", "peak_fwd_bwd"))
-        print(f"{'':>21} {impl:>8} vs naive: {ratios}", flush=True)
+        print(f"{'':>12} {impl:>8} / {base_name} (lower is better): {ratios}", flush=True)
 
 if __name__ == "__main__":
   main()

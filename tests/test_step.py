@@ -95,3 +95,28 @@ def test_sharded_params_are_really_sharded():
 def test_decay_mask_skips_vectors():
   params = {"w": jnp.ones((2, 2)), "norm": jnp.ones((2,))}
   assert optim.decay_mask(params) == {"w": True, "norm": False}
+
+
+@pytest.mark.parametrize("attention,logprob_impl", [("pallas", "naive"), ("xla", "pallas"), ("xla", "chunked")])
+def test_kernel_implementations_match_xla_in_a_sharded_step(attention, logprob_impl):
+  """The 8-device (2, 2, 2) step with the Pallas attention kernel (interpret mode, under shard_map) or a
+  fused log-prob kernel gives the xla/naive step's loss and parameters (f32; tolerance 1e-5)."""
+  import dataclasses
+  global MODEL
+  base = MODEL
+  mesh = _mesh(2, 2, 2, 8)
+  results = []
+  try:
+    for attn, lp in (("xla", "naive"), (attention, logprob_impl)):
+      MODEL = dataclasses.replace(base, attention=attn, logprob_impl=lp)
+      with jax.set_mesh(mesh):
+        _, state, step = _setup(mesh)
+        state, metrics = step(state, _batch(), None)
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"]), jax.device_get(state["params"])))
+  finally:
+    MODEL = base
+  (l0, g0, p0), (l1, g1, p1) = results
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  np.testing.assert_allclose(g1, g0, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

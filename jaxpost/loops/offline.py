@@ -5,29 +5,22 @@ run's params, or resumed) -> the jitted update step -> loop with metrics, eval a
 """
 from __future__ import annotations
 
-import math
 import time
 
 import jax
 import numpy as np
 
-from jaxpost import checkpoint as checkpoint_lib
 from jaxpost import mesh as mesh_lib
 from jaxpost import metrics as metrics_lib
-from jaxpost import optim
-from jaxpost import state as state_lib
 from jaxpost import step as step_lib
 from jaxpost.algorithms import sft
 from jaxpost.config import ConfigError
+from jaxpost.loops import common
+from jaxpost.loops.common import NonFiniteLossError  # noqa: F401  (re-exported)
 from jaxpost.data import pipeline
-from jaxpost.models import ModelConfig
 from jaxpost import tokenizers
 
 ALGORITHMS = {"sft": sft}
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 def _paths(spec: str) -> list[str]:
@@ -36,11 +29,15 @@ def _paths(spec: str) -> list[str]:
 
 def run(config, workdir: str) -> dict:
   """Trains per `config`, writing into `workdir`; returns the last logged metrics (+ eval_loss)."""
-  algorithm = ALGORITHMS[config.algorithm]
-  t = config.train
-
   # ---------------------------------------------------------------- Mesh
   mesh = mesh_lib.make_mesh(config)
+  with jax.set_mesh(mesh):  # Kernels inside the step find it here to run under shard_map.
+    return _train(config, workdir, mesh)
+
+
+def _train(config, workdir: str, mesh) -> dict:
+  algorithm = ALGORITHMS[config.algorithm]
+  t = config.train
 
   # ---------------------------------------------------------------- Tokenizer and data
   if not config.tokenizer.path:
@@ -59,28 +56,14 @@ def run(config, workdir: str) -> dict:
     eval_data = pipeline.eval_batches(eval_rows, process_rows)
 
   # ---------------------------------------------------------------- Model and sharded state
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
-  graphdef, param_shapes, _ = state_lib.abstract_model(model_cfg)
-  tx, schedule = optim.make_optimizer(config.optim, t.steps)
-  param_shardings = state_lib.param_shardings(model_cfg, mesh)
-  shardings = state_lib.state_shardings(param_shapes, param_shardings, tx, mesh)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
   writer = metrics_lib.MetricsWriter(workdir, total_steps=t.steps, progress=t.progress)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state, data_state = checkpointer.restore(latest, state_lib.abstract_state(shardings, param_shapes, tx))
-    if data_state is not None:
-      train_iter.set_state(data_state)
-    writer.log(f"resuming from checkpoint step {latest} in {checkpointer.directory}")
-  else:
-    if config.model.init_checkpoint:
-      abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              param_shapes, param_shardings)
-      params = checkpoint_lib.restore_params(config.model.init_checkpoint, abstract)
-      writer.log(f"initialised params from {config.model.init_checkpoint}")
-    else:
-      params = state_lib.init_params(model_cfg, mesh, t.seed)
-    state = state_lib.create_state(params, tx, shardings, t.seed)
+  setup = common.setup_state(config, workdir, mesh, vocab_size=tokenizer.vocab_size, total_updates=t.steps,
+                             log=writer.log)
+  graphdef, tx, schedule, shardings = setup.graphdef, setup.tx, setup.schedule, setup.shardings
+  param_shardings, checkpointer, state = setup.param_shardings, setup.checkpointer, setup.state
+  if setup.data_state is not None:
+    train_iter.set_state(setup.data_state)
+  model_cfg = setup.model_cfg
   start = int(state["step"])
   writer.log(f"model: {model_cfg.num_params():,} params; data: " +
              ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data_stats.items()))
@@ -113,13 +96,13 @@ def run(config, workdir: str) -> dict:
     tokens += int(np.count_nonzero(local["segment_ids"])) * jax.process_count()
     state, metrics = train_step(state, mesh_lib.global_batch(local, mesh), None)
     if pending is not None:  # Check the previous step while this one runs: no pipeline stall.
-      _check_finite(*pending)
+      common.check_finite(*pending)
     pending = (step, metrics)
     window.append(metrics["loss"])
     writer.advance()
     is_last = step == t.steps
     if (t.log_every and step % t.log_every == 0) or is_last:
-      _check_finite(step, metrics)
+      common.check_finite(step, metrics)
       now = time.perf_counter()
       values = {k: v for k, v in metrics.items()}
       values["loss"] = float(np.mean([float(x) for x in window]))
@@ -133,7 +116,7 @@ def run(config, workdir: str) -> dict:
       summary["eval_loss"] = evaluate(state["params"])
       writer.write(step, {"eval_loss": summary["eval_loss"]})
     if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last:
-      _check_finite(step, metrics)
+      common.check_finite(step, metrics)
       save(step)
     if is_last:
       break
@@ -144,8 +127,3 @@ def run(config, workdir: str) -> dict:
   summary["step"] = final
   return summary
 
-
-def _check_finite(step: int, metrics) -> None:
-  loss = float(metrics["loss"])
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(f"step {step}: loss is {loss}; stopping (last saved checkpoint is kept)")

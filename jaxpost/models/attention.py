@@ -7,8 +7,11 @@ attend across examples.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -47,7 +50,65 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, slidin
   return out.reshape(b, t, h, d)
 
 
-IMPLEMENTATIONS = {"xla": xla_attention}
+def _mesh_specs(q, k):
+  """shard_map specs for (B, T, N, D) and (B, T) under the context mesh: batch over (data, fsdp), heads
+  over tensor, each only where it divides; None when there is no mesh to map over."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return None
+  names = set(mesh.axis_names)
+  batch = tuple(a for a in ("data", "fsdp") if a in names)
+  ways = 1
+  for a in batch:
+    ways *= mesh.shape[a]
+  batch = batch if batch and q.shape[0] % ways == 0 else None
+  tensor = mesh.shape.get("tensor", 1) if "tensor" in names else 1
+  heads = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 and k.shape[2] % tensor == 0 else None
+  return P(batch, None, heads, None), P(batch, None)
+
+
+def pallas_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, sliding_window=None,
+                     logit_softcap=None, sm_scale=None):
+  """The jaxpost flash-attention kernel (Mosaic TPU / Pallas GPU; interpret mode on CPU), run per shard
+  inside shard_map when a mesh is set (attention is independent across batch rows and heads)."""
+  from jaxpost.kernels.attention import flash_attention
+  fn = functools.partial(flash_attention, causal=causal, sliding_window=sliding_window,
+                         logit_softcap=logit_softcap, sm_scale=sm_scale,
+                         interpret=jax.default_backend() == "cpu")
+  specs = _mesh_specs(q, k)
+  if specs is None:
+    return fn(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+  heads_spec, rows_spec = specs
+  mapped = jax.shard_map(lambda q, k, v, qs, ks: fn(q, k, v, q_segment_ids=qs, kv_segment_ids=ks),
+                         in_specs=(heads_spec, heads_spec, heads_spec, rows_spec, rows_spec),
+                         out_specs=heads_spec, check_vma=False)
+  return mapped(q, k, v, q_segment_ids, kv_segment_ids)
+
+
+def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, sliding_window=None,
+                          logit_softcap=None, sm_scale=None):
+  """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA elsewhere. Segment ids become
+  an explicit (B, 1, T, S) mask."""
+  if logit_softcap is not None:
+    raise ValueError("config.model.attention: 'cudnn' does not support logit soft-capping; use 'pallas'")
+  mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]  # (B, 1, T, S)
+  window = None if sliding_window is None else (sliding_window - 1, 0)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, local_window_size=window,
+                                      implementation="cudnn" if jax.default_backend() == "gpu" else None)
+
+
+def auto_attention(q, k, v, **kwargs):
+  """Pallas on TPU; on GPU cuDNN unless soft-capping needs Pallas; XLA on CPU (interpret mode is slow)."""
+  backend = jax.default_backend()
+  if backend == "tpu" or (backend == "gpu" and kwargs.get("logit_softcap") is not None):
+    return pallas_attention(q, k, v, **kwargs)
+  if backend == "gpu":
+    return dot_product_attention(q, k, v, **kwargs)
+  return xla_attention(q, k, v, **kwargs)
+
+
+IMPLEMENTATIONS = {"xla": xla_attention, "pallas": pallas_attention, "cudnn": dot_product_attention,
+                   "auto": auto_attention}
 
 
 def attend(impl: str, q, k, v, **kwargs):

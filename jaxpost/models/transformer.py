@@ -7,6 +7,8 @@
 Inputs are tokens, `positions` (RoPE; restart at 0 per packed example) and `segment_ids` (packed
 examples never attend to each other). Layers are a list of blocks, or one stacked block scanned
 with `lax.scan` (`scan_layers`); each block call can be rematerialised (`remat`).
+`decode_hidden` is the sampling forward: the same blocks, reading and writing a KV cache
+(jaxpost/models/kv_cache.py); the training path never sees a cache.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpost.models import attention as attention_lib
+from jaxpost.models import kv_cache
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.layers import Embed, RMSNorm, SwiGLU, apply_rope, param, rope_inv_frequencies
 
@@ -39,7 +42,11 @@ class Attention(nnx.Module):
       self.k_bias = param(rngs, (k, hd), ("kv_heads", "head_dim"), pd, init="zeros")
       self.v_bias = param(rngs, (k, hd), ("kv_heads", "head_dim"), pd, init="zeros")
 
-  def __call__(self, x, positions, segment_ids):
+  def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
+    """x (B, T, D) -> (B, T, D); with a cache -> ((B, T, D), (k, v) stacks with this layer's T columns written).
+
+    With a cache, T > 1 is a prefill into an empty cache (the new tokens attend only to each other)
+    and T == 1 a decode step (the query attends to the cached columns `cache.visible`)."""
     cfg, dt = self.cfg, x.dtype
     b, t, d = x.shape
     x2 = x.reshape(b * t, d)  # 2-D GEMMs lower best on every backend.
@@ -50,10 +57,18 @@ class Attention(nnx.Module):
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     inv_freq = rope_inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    out = attention_lib.attend(cfg.attention, q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                               causal=True)  # (B, T, H, hd)
+    if cache is not None:
+      k_all, v_all = kv_cache.write_layer(cache.k, cache.v, cache.layer, cache.index, k, v)
+    if cache is None or t > 1:
+      out = attention_lib.attend(cfg.attention, q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                                 causal=True)  # (B, T, H, hd)
+    else:  # One query per row is memory-bound: plain XLA over the cache, whatever `cfg.attention` says.
+      out = attention_lib.xla_attention(q, k_all[cache.layer], v_all[cache.layer], causal=False,
+                                        q_segment_ids=jnp.ones((b, 1), jnp.int32),
+                                        kv_segment_ids=cache.visible)  # (B, 1, H, hd)
     out = out.reshape(b * t, -1) @ self.o[...].astype(dt).reshape(-1, d)  # (B*T, D)
-    return out.reshape(b, t, d)
+    out = out.reshape(b, t, d)
+    return out if cache is None else (out, (k_all, v_all))
 
 
 class Block(nnx.Module):
@@ -66,9 +81,13 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, param_dtype=pd, rngs=rngs)
 
-  def __call__(self, x, positions, segment_ids):
-    x = x + self.attn(self.attn_norm(x), positions, segment_ids)
-    return x + self.mlp(self.mlp_norm(x))
+  def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
+    if cache is None:
+      x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+      return x + self.mlp(self.mlp_norm(x))
+    a, kv = self.attn(self.attn_norm(x), positions, segment_ids, cache)
+    x = x + a
+    return x + self.mlp(self.mlp_norm(x)), kv
 
 
 def _block_fn(graphdef, remat: str):
@@ -115,6 +134,35 @@ class Transformer(nnx.Module):
         graphdef, state = nnx.split(block)
         x = _block_fn(graphdef, self.cfg.remat)(x, state, positions, segment_ids)
     return self.final_norm(x)
+
+  def decode_hidden(self, tokens, positions, segment_ids, cache: dict):
+    """The forward of T new tokens (B, T) against a KV cache -> (hidden (B, T, D), cache with them written).
+
+    T > 1 is the prefill and must be the first write (cache["index"] == 0); later calls have T == 1.
+    Positions and segment ids (0 = left padding) are recorded in the cache for the decode mask."""
+    b, t = tokens.shape
+    cache = kv_cache.write_rows(cache, segment_ids, positions)
+    visible = kv_cache.visible_segment_ids(cache, positions[:, -1]) if t == 1 else None
+    index = cache["index"]
+    x = self.embed(tokens, self.cfg.compute_dtype)  # (B, T, D)
+    k_all, v_all = cache["k"], cache["v"]
+    if self.cfg.scan_layers:
+      graphdef, state = nnx.split(self.blocks)
+
+      def body(carry, xs):  # The cache rides in the carry so each layer's write is in place.
+        h, k_all, v_all = carry
+        layer_state, layer = xs
+        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible)
+        h, (k_all, v_all) = nnx.merge(graphdef, layer_state)(h, positions, segment_ids, layer_cache)
+        return (h, k_all, v_all), None
+
+      (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), (state, jnp.arange(self.cfg.num_layers)))
+    else:
+      for layer, block in enumerate(self.blocks):
+        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible)
+        x, (k_all, v_all) = block(x, positions, segment_ids, layer_cache)
+    cache = kv_cache.constrain({**cache, "k": k_all, "v": v_all, "index": index + t})
+    return self.final_norm(x), cache
 
   def unembedding(self) -> jax.Array:
     """(D, V) in the compute dtype."""

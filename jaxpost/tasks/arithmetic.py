@@ -60,3 +60,8 @@ def score(completion: str, answer: int) -> float:
   """1.0 when the completion's first integer equals the answer, else 0.0."""
   match = re.search(r"-?\d+", completion)
   return float(match is not None and int(match.group()) == answer)
+
+
+def prompt_records(pairs: list[tuple[int, int]]) -> list[dict]:
+  """`{"prompt", "answer"}` records for online RL (the answer is the exact sum, as a string)."""
+  return [{"prompt": question(a, b), "answer": str(a + b)} for a, b in pairs]

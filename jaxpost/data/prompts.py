@@ -1,0 +1,47 @@
+"""Prompt records for online RL: `{"prompt": str | "messages": [...], "answer": ..., ["tests": ...]}`.
+
+A `prompt` string is wrapped as one user message; both forms are rendered with the chat template and
+a generation prompt, so the policy answers as the assistant. The whole record stays available to the
+reward functions (they read `answer`, `tests`, ...).
+"""
+from __future__ import annotations
+
+from jaxpost.data.jsonl import DataError, read_jsonl
+from jaxpost.tokenizers import check_messages, tokenize_chat
+
+
+def prompt_tokens(record: dict, tokenizer, *, where: str) -> list[int]:
+  """bos + chat-templated prompt + `<|im_start|>assistant\\n`."""
+  if not isinstance(record, dict):
+    raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  if "messages" in record:
+    messages = record["messages"]
+  elif isinstance(record.get("prompt"), str) and record["prompt"]:
+    messages = [{"role": "user", "content": record["prompt"]}]
+  else:
+    raise DataError(f"{where}: a prompt record needs a non-empty 'prompt' string or 'messages'; "
+                    f"found keys {sorted(record)}")
+  if "answer" not in record and "tests" not in record:
+    raise DataError(f"{where}: a prompt record needs an 'answer' (or 'tests') for the reward")
+  try:
+    check_messages(messages)
+  except ValueError as e:
+    raise DataError(f"{where}: {e}") from None
+  tokens, _ = tokenize_chat(messages, tokenizer, add_generation_prompt=True)
+  bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+  return bos + tokens.tolist()
+
+
+def load_prompts(paths, tokenizer, *, max_prompt_len: int) -> tuple[list[dict], dict]:
+  """Reads prompt records; returns [{"tokens": [...], "record": {...}}] and counts (`dropped` = longer
+  than `max_prompt_len`, never silently: the count is logged)."""
+  examples, dropped = [], 0
+  for path, line, record in read_jsonl(paths):
+    tokens = prompt_tokens(record, tokenizer, where=f"{path}:{line}")
+    if len(tokens) > max_prompt_len:
+      dropped += 1
+      continue
+    examples.append({"tokens": tokens, "record": record})
+  if not examples:
+    raise DataError(f"{paths}: no prompt fits max_prompt_len={max_prompt_len} ({dropped} dropped)")
+  return examples, {"prompts": len(examples), "dropped_overlong_prompts": dropped}

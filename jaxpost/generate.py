@@ -1,0 +1,116 @@
+"""Sample from a trained model, streaming the reply to the terminal.
+
+  python -m jaxpost.generate --model=runs/demo/sft --config=configs/demo.py:sft --chat --prompt "What is 12+7?"
+  python -m jaxpost.generate --model=runs/demo/base --prompt "12+7=" --max_new_tokens=8 --temperature=0
+
+`--model` is a training workdir (its latest checkpoint's params are read). A workdir does not store
+its model config yet, so `--config` names the config the run trained with (default
+configs/demo.py:base; `--config.model.x=v` overrides as in jaxpost.train); its tokenizer path is used
+unless `--tokenizer` is given. `--chat` wraps the prompt in the ChatML template with a generation
+prompt and stops at `<|im_end|>`; otherwise generation stops at the tokenizer's eos.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py") + ":base"
+
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "The config the model was trained with.",
+                                          lock_config=True)
+_MODEL = flags.DEFINE_string("model", None, "Training workdir (WORKDIR/checkpoints) to load params from.")
+_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
+_CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt as a user turn of the ChatML template.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Completion budget in tokens.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "Tokenizer path (default: config.tokenizer.path).")
+
+
+class ModelDirError(ValueError):
+  pass
+
+
+def check_model_dir(path: str) -> None:
+  """Raises ModelDirError unless `path` is a training workdir with checkpoints."""
+  if os.path.isfile(os.path.join(path, "config.json")) or glob.glob(os.path.join(path, "*.safetensors")):
+    raise ModelDirError(f"--model={path}: looks like a Hugging Face model directory (config.json / *.safetensors); "
+                        "loading HF directories arrives with the HF interop issue. Pass a jaxpost training workdir.")
+  if not os.path.isdir(os.path.join(path, "checkpoints")):
+    raise ModelDirError(f"--model={path}: no checkpoints/ directory; expected a jaxpost training workdir")
+
+
+def load_params(workdir: str, model_cfg, mesh):
+  """(graphdef, params) of the latest checkpoint in `workdir`, sharded per the mesh's logical rules."""
+  import jax
+  from jaxpost import checkpoint, state
+  graphdef, shapes, _ = state.abstract_model(model_cfg)
+  shardings = state.param_shardings(model_cfg, mesh)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  return graphdef, checkpoint.restore_params(workdir, abstract)
+
+
+def encode_prompt(text: str, tokenizer, chat: bool) -> tuple[list[int], tuple[int, ...]]:
+  """(prompt ids with bos, stop ids): ChatML + `<|im_end|>` with --chat, plain text + eos otherwise."""
+  from jaxpost.tokenizers import chat_eos_id, tokenize_chat
+  bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+  if chat:
+    ids = tokenize_chat([{"role": "user", "content": text}], tokenizer, add_generation_prompt=True)[0].tolist()
+    return bos + ids, (chat_eos_id(tokenizer),)
+  return bos + tokenizer.encode(text), (() if tokenizer.eos_id is None else (tokenizer.eos_id,))
+
+
+def stream_text(graphdef, params, prompt: list[int], sampling_cfg, tokenizer, out=sys.stdout) -> list[int]:
+  """Writes the completion's text to `out` as tokens arrive (the stop token is not printed); returns the ids."""
+  from jaxpost import sampling
+  ids, printed = [], ""
+  for token in sampling.stream(graphdef, params, prompt, sampling_cfg):
+    ids.append(token)
+    if token in sampling_cfg.stop_token_ids:
+      break
+    text = tokenizer.decode(ids)  # Whole-prefix decode: pieces alone lose spaces and split characters.
+    if text.startswith(printed):
+      out.write(text[len(printed):])
+      out.flush()
+      printed = text
+  return ids
+
+
+def main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  from jaxpost import mesh as mesh_lib, sampling, tokenizers
+  from jaxpost.models import ModelConfig
+
+  config = _CONFIG.value
+  try:
+    check_model_dir(_MODEL.value)
+    tokenizer = tokenizers.load(_TOKENIZER.value or config.tokenizer.path)
+    model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
+    mesh = mesh_lib.make_mesh(config)
+    with jax.set_mesh(mesh):
+      graphdef, params = load_params(_MODEL.value, model_cfg, mesh)
+      prompt, stop_ids = encode_prompt(_PROMPT.value, tokenizer, _CHAT.value)
+      cfg = sampling.SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                                    top_p=_TOP_P.value, stop_token_ids=stop_ids, seed=_SEED.value)
+      start = time.perf_counter()
+      ids = stream_text(graphdef, params, prompt, cfg, tokenizer)
+  except (ModelDirError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  seconds = time.perf_counter() - start
+  print()
+  print(f"[{len(ids)} tokens in {seconds:.2f}s, {len(ids) / seconds:.1f} tokens/s incl. compile]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["model", "prompt"])
+  app.run(main)

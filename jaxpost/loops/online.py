@@ -1,0 +1,219 @@
+"""The online loop (GRPO family): batches come from sampling the current policy and scoring it.
+
+Reads top to bottom, once per step: sample G completions for each of P prompts with the trainer's own
+params (no copy) -> rewards on the host -> group advantages -> `num_epochs` passes of minibatch updates
+through the generic train step -> metrics; greedy held-out accuracy every `eval_every` steps;
+checkpoints (state + prompt-iterator position) and resume as in the offline loop.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpost import logprobs as logprobs_lib
+from jaxpost import mesh as mesh_lib
+from jaxpost import metrics as metrics_lib
+from jaxpost import rewards as rewards_lib
+from jaxpost import rollout
+from jaxpost import sampling
+from jaxpost import step as step_lib
+from jaxpost import tokenizers
+from jaxpost.algorithms import grpo
+from jaxpost.config import ConfigError, rl_minibatch
+from jaxpost.data.prompts import load_prompts
+from jaxpost.loops import common
+
+
+def _paths(spec: str) -> list[str]:
+  return [p.strip() for p in spec.split(",") if p.strip()]
+
+
+def run(config, workdir: str) -> dict:
+  """Trains per `config` (algorithm grpo); returns the last logged metrics (+ eval accuracy)."""
+  # ---------------------------------------------------------------- Mesh
+  mesh = mesh_lib.make_mesh(config)
+  with jax.set_mesh(mesh):
+    return _train(config, workdir, mesh)
+
+
+def _train(config, workdir: str, mesh) -> dict:
+  t, rl = config.train, config.rl
+  rows = rl.prompts_per_step * rl.num_generations
+  minibatch = rl_minibatch(config)
+  updates_per_step = rl.num_epochs * rows // minibatch
+
+  # ---------------------------------------------------------------- Tokenizer, prompts, rewards
+  if not config.tokenizer.path or not config.data.train_path:
+    raise ConfigError("config.tokenizer.path and config.data.train_path (prompt JSONL) must be set for grpo")
+  tokenizer = tokenizers.load(config.tokenizer.path)
+  prompts, prompt_stats = load_prompts(_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
+  eval_prompts = None
+  if config.data.eval_path:
+    eval_prompts, _ = load_prompts(_paths(config.data.eval_path), tokenizer, max_prompt_len=rl.max_prompt_len)
+    eval_prompts = eval_prompts[:rl.eval_prompts]
+  reward_fns = rewards_lib.combine(rl.reward_fns)
+  stop_ids = (tokenizers.chat_eos_id(tokenizer),) + ((tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
+  seq_len = rl.max_prompt_len + rl.max_new_tokens - 1
+  rng = np.random.default_rng(t.seed)
+
+  # ---------------------------------------------------------------- Model, sharded state, reference
+  writer = metrics_lib.MetricsWriter(workdir, total_steps=t.steps, progress=t.progress, name="grpo")
+  setup = common.setup_state(config, workdir, mesh, vocab_size=tokenizer.vocab_size,
+                             total_updates=t.steps * updates_per_step, log=writer.log)
+  graphdef, state, shardings = setup.graphdef, setup.state, setup.shardings
+  loop_state = setup.data_state or {"step": 0, "cursor": 0, "epoch": 0}
+  # The reference policy is the starting params, frozen; with beta == 0 none is kept at all.
+  ref_params = jax.tree.map(jnp.copy, state["params"]) if rl.beta > 0 or rl.kl_in_reward else None
+  if ref_params is not None and setup.resumed_step is not None:
+    writer.log("note: the reference model is the resumed params (no separate reference checkpoint yet)")
+  writer.log(f"model: {setup.model_cfg.num_params():,} params; prompts: {prompt_stats}; "
+             f"{rows} rollout rows/step, {updates_per_step} updates/step")
+
+  # ---------------------------------------------------------------- Update step and log-probs
+  loss_fn, normalizer = grpo.make_grpo_loss_fn(
+      graphdef, policy_loss=rl.policy_loss, aggregation=rl.aggregation, beta=0.0 if rl.kl_in_reward else rl.beta,
+      kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, epsilon_low=rl.epsilon_low,
+      epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None, logprob_impl=setup.model_cfg.logprob_impl,
+      temperature=rl.temperature or 1.0, max_len=rl.max_new_tokens)
+  batch_shardings = mesh_lib.batch_sharding(mesh)
+  train_step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, setup.tx, setup.schedule,
+                                                grad_accum=t.grad_accum),
+                       in_shardings=(shardings, batch_shardings, None),
+                       out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  select_rows = jax.jit(lambda batch, idx: jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch),
+                        out_shardings=batch_shardings)
+  logps_fn = jax.jit(functools.partial(logprobs_lib.token_logprobs, graphdef, impl=setup.model_cfg.logprob_impl,
+                                       temperature=rl.temperature or 1.0))
+
+  def next_prompts(n: int) -> list[dict]:
+    """n prompts from a seeded shuffle, epoch after epoch; the position is checkpointed."""
+    out = []
+    while len(out) < n:
+      order = np.random.default_rng(t.seed + loop_state["epoch"]).permutation(len(prompts))
+      take = order[loop_state["cursor"]:loop_state["cursor"] + n - len(out)]
+      out += [prompts[i] for i in take]
+      loop_state["cursor"] += len(take)
+      if loop_state["cursor"] >= len(prompts):
+        loop_state["cursor"], loop_state["epoch"] = 0, loop_state["epoch"] + 1
+    return out
+
+  def sample(params, batch_prompts, *, num_samples, temperature, seed):
+    cfg = sampling.SamplingConfig(max_new_tokens=rl.max_new_tokens, temperature=temperature, top_k=rl.top_k,
+                                  top_p=rl.top_p, num_samples=num_samples, stop_token_ids=stop_ids, seed=seed)
+    return sampling.generate(graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
+                             pad_id=tokenizer.pad_id or 0)
+
+  def score(out, batch_prompts, num_samples):
+    texts = [tokenizer.decode([x for x in c if x not in stop_ids]) for c in out.completions()]
+    records = [batch_prompts[r // num_samples]["record"] for r in range(len(texts))]
+    return rewards_lib.score_batch(reward_fns, texts, records, timeout_s=rl.reward_timeout_s)
+
+  def evaluate(params) -> dict:
+    """Greedy accuracy (% of held-out prompts whose reward is positive) and, if asked, pass@k."""
+    out = sample(params, eval_prompts, num_samples=1, temperature=0.0, seed=0)
+    rewards, _ = score(out, eval_prompts, 1)
+    result = {"eval/accuracy": 100.0 * float(np.mean(rewards > 0))}
+    if rl.pass_k:
+      out = sample(params, eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature or 1.0, seed=1)
+      rewards, _ = score(out, eval_prompts, rl.pass_k)
+      result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean((rewards.reshape(-1, rl.pass_k) > 0).any(axis=1)))
+    return result
+
+  # ---------------------------------------------------------------- Loop
+  summary = {}
+  if eval_prompts and loop_state["step"] == 0:
+    summary = writer.write(0, evaluate(state["params"]))
+  for step in range(loop_state["step"] + 1, t.steps + 1):
+    # Rollout: sample with the live params, score, keep informative groups (dynamic sampling).
+    start = time.perf_counter()
+    groups, reward_metrics, tries = [], {}, 0
+    while len(groups) < rl.prompts_per_step and tries <= (rl.max_refills if rl.dynamic_sampling else 0):
+      batch_prompts = next_prompts(rl.prompts_per_step)
+      out = sample(state["params"], batch_prompts, num_samples=rl.num_generations, temperature=rl.temperature,
+                   seed=t.seed * 100003 + step * 101 + tries)
+      rewards, reward_metrics = score(out, batch_prompts, rl.num_generations)
+      rewards = _overlong_shaping(rewards, out, rl)
+      for p, prompt in enumerate(batch_prompts):
+        rs = slice(p * rl.num_generations, (p + 1) * rl.num_generations)
+        if rl.dynamic_sampling and np.all(rewards[rs] == rewards[rs][0]):
+          continue
+        groups.append((prompt, out.completions()[rs], out.logps[rs], rewards[rs],
+                       [f == "length" for f in out.finish_reasons[rs]]))
+      tries += 1
+    groups = groups[:rl.prompts_per_step]
+    rollout_time = time.perf_counter() - start
+
+    # Batch: prompt + completion rows, padded to a fixed shape (one compile); empty groups are padding.
+    start = time.perf_counter()
+    group_rewards = np.stack([g[3] for g in groups]) if groups else np.zeros((0, rl.num_generations), np.float32)
+    completions = [c for g in groups for c in g[1]]
+    sample_logps = np.concatenate([g[2] for g in groups]) if groups else None
+    batch = rollout.rollout_batch([g[0]["tokens"] for g in groups], completions, sample_logps,
+                                  num_samples=rl.num_generations, seq_len=seq_len, rows=rows)
+    if rl.overlong == "filter":
+      truncated = np.array([x for g in groups for x in g[4]] + [False] * (rows - len(completions)))
+      batch["loss_mask"][truncated] = 0
+    device_batch = mesh_lib.global_batch(batch, mesh)
+    if rl.old_logps == "recompute":
+      device_batch["old_logps"] = logps_fn(state["params"], device_batch)
+    if ref_params is not None:
+      device_batch["ref_logps"] = logps_fn(ref_params, device_batch)
+    raw_rewards = group_rewards
+    if rl.kl_in_reward and groups:  # r <- r - beta * sum_t (log pi_old - log pi_ref) over the completion.
+      seq_kl = np.asarray(jnp.sum((device_batch["old_logps"] - device_batch["ref_logps"]) * device_batch["loss_mask"],
+                                  axis=1))[:len(completions)]
+      group_rewards = group_rewards - rl.beta * seq_kl.reshape(group_rewards.shape)
+    advantages = np.zeros((rows,), np.float32)
+    if groups:
+      advantages[:len(completions)] = np.asarray(grpo.compute_advantages(group_rewards, None, rl.advantage)).reshape(-1)
+    device_batch["advantages"] = mesh_lib.global_batch({"a": advantages}, mesh)["a"]
+
+    # Updates: num_epochs passes over shuffled minibatches.
+    metrics_list = []
+    for epoch in range(rl.num_epochs):
+      order = rng.permutation(rows) if rl.num_epochs > 1 or minibatch < rows else np.arange(rows)
+      for i in range(0, rows, minibatch):
+        mb = select_rows(device_batch, jnp.asarray(order[i:i + minibatch]))
+        state, metrics = train_step(state, mb, None)
+        metrics_list.append(metrics)
+    common.check_finite(step, metrics_list[-1])
+    train_time = time.perf_counter() - start
+
+    # Metrics (names fixed by the issue: reward/mean, accuracy, kl, entropy, clip_frac, ...).
+    lengths = np.array([len(c) for c in completions]) if completions else np.zeros(1)
+    values = {k: float(np.mean([float(m[k]) for m in metrics_list])) for k in metrics_list[0]
+              if k not in ("lr", "loss_tokens")}
+    values.update({"reward/mean": float(raw_rewards.mean()) if groups else 0.0,
+                   "reward/std": float(raw_rewards.std()) if groups else 0.0,
+                   "accuracy": 100.0 * float((raw_rewards > 0).mean()) if groups else 0.0,
+                   "response_length/mean": float(lengths.mean()), "groups": len(groups),
+                   "lr": float(metrics_list[-1]["lr"]), "rollout_time": rollout_time, "train_time": train_time,
+                   "tokens_per_sec": float(lengths.sum()) / max(rollout_time + train_time, 1e-9)})
+    values.update(reward_metrics)  # Already named reward/<fn>, reward/errors, reward/timeouts.
+    is_last = step == t.steps
+    if (t.log_every and step % t.log_every == 0) or is_last:
+      summary = writer.write(step, values)
+    if eval_prompts and ((t.eval_every and step % t.eval_every == 0) or is_last):
+      summary.update(writer.write(step, evaluate(state["params"])))
+    writer.advance()
+    loop_state["step"] = step
+    if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last:
+      setup.checkpointer.save(step, state, dict(loop_state))
+  setup.checkpointer.close()
+  writer.log(f"saved checkpoint step {setup.checkpointer.latest_step()} in {setup.checkpointer.directory}")
+  writer.close()
+  return summary
+
+
+def _overlong_shaping(rewards: np.ndarray, out, rl) -> np.ndarray:
+  """DAPO's soft overlong punishment (Yu et al., 2025): with budget L_max and buffer L_c,
+  r <- r - clip((L - (L_max - L_c)) / L_c, 0, 1), so a row that hits the budget loses 1."""
+  if rl.overlong != "soft":
+    return rewards
+  start = rl.max_new_tokens - rl.overlong_buffer
+  penalty = np.clip((np.asarray(out.lengths) - start) / max(rl.overlong_buffer, 1), 0.0, 1.0)
+  return rewards - penalty.astype(rewards.dtype)

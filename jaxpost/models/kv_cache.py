@@ -1,0 +1,98 @@
+"""The KV cache for sampling: preallocated keys/values of every layer, written in place.
+
+  cache = {"k", "v": (L, B, S, K, hd) compute dtype,
+           "segment_ids": (B, S) int32  1 where a column holds a real token, 0 for padding / not yet written,
+           "positions": (B, S) int32    RoPE position of the token in each column,
+           "index": () int32            the next column to write}
+
+Every row writes the same column at each step (prompts are left-padded), so one scalar `index`
+suffices. A query sees the columns whose segment id is 1 and, with a sliding window w, whose position
+is within w of its own (`visible_segment_ids`); the window therefore costs nothing new in the layout.
+The cache is a plain dict pytree so it can be a `lax.while_loop` carry and be sharded like a batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxpost.models.config import ModelConfig
+
+# Logical axes of k/v, resolved to mesh axes by jaxpost.mesh.LOGICAL_RULES.
+KV_LOGICAL = ("layers", "batch", None, "kv_heads", "head_dim")
+ROWS_LOGICAL = ("batch", None)
+
+
+class LayerCache(NamedTuple):
+  """What one attention layer needs: the full stacks (it writes its own slice), and where to write.
+
+  k, v: (L, B, S, K, hd); layer: int or () int32; index: () int32 first column to write;
+  visible: (B, S) int32 segment ids of the columns a single decode query may attend to (after the write).
+  """
+  k: jax.Array
+  v: jax.Array
+  layer: jax.Array | int
+  index: jax.Array
+  visible: jax.Array | None
+
+
+def init(cfg: ModelConfig, batch: int, max_len: int) -> dict:
+  """An empty cache for `batch` rows of up to `max_len` tokens (prompt + completion)."""
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  cache = {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype),
+           "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "positions": jnp.zeros((batch, max_len), jnp.int32),
+           "index": jnp.zeros((), jnp.int32)}
+  return constrain(cache)
+
+
+def constrain(cache: dict) -> dict:
+  """Shards the cache like a batch (rows over data/fsdp, kv heads over tensor) under a context mesh."""
+  from jaxpost import mesh as mesh_lib
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return cache
+  def put(x, logical):
+    return jax.lax.with_sharding_constraint(x, mesh_lib.logical_to_spec(logical, x.shape, mesh))
+  out = dict(cache)
+  out["k"], out["v"] = put(cache["k"], KV_LOGICAL), put(cache["v"], KV_LOGICAL)
+  out["segment_ids"], out["positions"] = put(cache["segment_ids"], ROWS_LOGICAL), put(cache["positions"], ROWS_LOGICAL)
+  return out
+
+
+def write_rows(cache: dict, segment_ids: jax.Array, positions: jax.Array) -> dict:
+  """Records segment ids and positions (B, T) of T new tokens at columns [index, index + T)."""
+  index = cache["index"]
+  out = dict(cache)
+  out["segment_ids"] = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
+  out["positions"] = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), (0, index))
+  return out
+
+
+def visible_segment_ids(cache: dict, q_positions: jax.Array, sliding_window: int | None = None) -> jax.Array:
+  """(B, S) int32: 1 where one new query per row at `q_positions` (B,) may attend, else 0.
+
+  Call after `write_rows` so the query's own column is visible. Causality holds because columns after
+  `index` are not written yet (segment id 0).
+  """
+  visible = cache["segment_ids"] == 1  # (B, S)
+  if sliding_window is not None:
+    visible &= cache["positions"] > q_positions[:, None] - sliding_window
+  return visible.astype(jnp.int32)
+
+
+def write_layer(k_all: jax.Array, v_all: jax.Array, layer, index, k: jax.Array, v: jax.Array):
+  """Writes one layer's new keys/values (B, T, K, hd) at columns [index, index + T), in place."""
+  start = (layer, 0, index, 0, 0)
+  k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+  v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+  return k_all, v_all
+
+
+def repeat_rows(cache: dict, n: int) -> dict:
+  """Each row repeated n times (row i -> rows i*n .. i*n + n-1): one prefill serves n samples."""
+  if n == 1:
+    return cache
+  out = {k: jnp.repeat(v, n, axis=1 if k in ("k", "v") else 0) for k, v in cache.items() if k != "index"}
+  out["index"] = cache["index"]
+  return constrain(out)

@@ -1,0 +1,154 @@
+"""Benchmark the KV-cache sampler: tokens/s and fraction of the HBM roofline, vs HF `generate` if present.
+
+    python scripts/bench_generate.py            # ~1.2B Llama shape (Llama-3.2-1B), bf16, batch 1/64/256
+    python scripts/bench_generate.py --small    # CPU smoke run on a tiny model
+
+Each batch row gets a 128-token prompt and samples exactly 128 new tokens (temperature 1, no stop
+token). tokens/s = B * N / (prefill + decode time). The roofline is for decode: each step must read
+every weight once and the filled KV cache of every row, so
+
+  ideal decode time = sum over steps of (weight bytes + KV bytes filled at that step) / copy bandwidth,
+
+with the bandwidth measured here by timing a large device copy (read + write). `roofline` = ideal /
+measured decode time (decode = total - prefill, prefill timed alone). At large batch decode becomes
+compute-bound and the fraction falls for that reason, not only for waste. HF rows (torch +
+transformers, same shape, random weights, bf16, sdpa attention) run only when both import.
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpost import sampling, state
+from jaxpost.models import ModelConfig
+
+LLAMA_1B = dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+                mlp_dim=8192, rope_theta=500000.0, tie_embeddings=True, dtype="bfloat16", param_dtype="bfloat16",
+                attention="auto")
+SMALL = dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
+
+
+def copy_bandwidth(nbytes: int) -> float:
+  """Bytes/s of a device copy (counts the read and the write)."""
+  x = jnp.ones((nbytes // 4,), jnp.float32)
+  copy = jax.jit(lambda a: a * 1.0001)
+  jax.block_until_ready(copy(x))
+  times = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    jax.block_until_ready(copy(x))
+    times.append(time.perf_counter() - t0)
+  return 2 * x.nbytes / min(times)
+
+
+def _median_time(fn, iters: int) -> float:
+  fn()  # compile + warm-up
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: int, new: int, iters: int):
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(3, cfg.vocab_size, size=(batch, prompt_len)).tolist()
+  sample_cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
+
+  def run():
+    out = sampling.generate(graphdef, params, prompts, sample_cfg)
+    assert (out.lengths == new).all(), out.lengths  # No early stop: every row decodes N tokens.
+
+  tokens, segment_ids = sampling._left_pad(prompts, 0)  # noqa: SLF001 (time the prefill alone)
+  tokens, segment_ids = jnp.asarray(tokens), jnp.asarray(segment_ids)
+  max_len = tokens.shape[1] + new
+
+  def prefill():
+    jax.block_until_ready(sampling._prefill_jit(graphdef, params, tokens, segment_ids, max_len=max_len))  # noqa: SLF001
+
+  total = _median_time(run, iters)
+  return total, _median_time(prefill, iters)
+
+
+def ideal_decode_seconds(cfg: ModelConfig, batch: int, prompt_len: int, new: int, bandwidth: float) -> float:
+  itemsize = jnp.dtype(cfg.param_dtype).itemsize
+  weight_bytes = cfg.num_params() * itemsize
+  kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+  filled = sum(prompt_len + i for i in range(1, new))  # Decode steps 1..N-1 (token 0 comes from the prefill).
+  return ((new - 1) * weight_bytes + batch * kv_per_token * filled) / bandwidth
+
+
+def bench_hf(shape: dict, batch: int, prompt_len: int, new: int, iters: int):
+  """Seconds for HF generate (sampling, exactly `new` tokens), or None when torch/transformers are absent."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  config = transformers.LlamaConfig(
+      vocab_size=shape["vocab_size"], hidden_size=shape["d_model"], num_hidden_layers=shape["num_layers"],
+      num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
+      intermediate_size=shape["mlp_dim"], rope_theta=shape.get("rope_theta", 10000.0),
+      tie_word_embeddings=shape.get("tie_embeddings", True), attn_implementation="sdpa")
+  dtype = torch.bfloat16 if shape.get("dtype") == "bfloat16" else torch.float32
+  model = transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+  ids = torch.randint(3, shape["vocab_size"], (batch, prompt_len), device=device)
+
+  def run():
+    with torch.no_grad():
+      model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                     do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0, eos_token_id=None)
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  seconds = _median_time(run, iters)
+  del model
+  if device == "cuda":
+    torch.cuda.empty_cache()
+  return seconds
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--small", action="store_true", help="tiny model, CPU-sized batches")
+  parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,64,256)")
+  parser.add_argument("--iters", type=int, default=3)
+  parser.add_argument("--no_hf", action="store_true", help="skip the HF generate rows")
+  parser.add_argument("--attention", default=None, help="prefill attention impl (default: auto; xla with --small)")
+  args = parser.parse_args()
+
+  shape = SMALL if args.small else LLAMA_1B
+  prompt_len, new = (16, 16) if args.small else (128, 128)
+  batches = [int(b) for b in (args.batches or ("1,4,16" if args.small else "1,64,256")).split(",")]
+  cfg = ModelConfig(**{**shape, **({"attention": args.attention} if args.attention else {})})
+  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=jax.devices()[:1])
+  graphdef, _, _ = state.abstract_model(cfg)
+  params = state.init_params(cfg, mesh, seed=0)
+  bandwidth = copy_bandwidth((64 << 20) if args.small else (2 << 30))
+  print(f"device: {jax.devices()[0].device_kind}; model: {cfg.num_params() / 1e6:.1f}M params "
+        f"({cfg.param_dtype}); prompt {prompt_len} + {new} new tokens; copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+
+  rows = []
+  for batch in batches:
+    total, prefill = bench_jaxpost(cfg, params, graphdef, batch, prompt_len, new, args.iters)
+    ideal = ideal_decode_seconds(cfg, batch, prompt_len, new, bandwidth)
+    decode = max(total - prefill, 1e-9)
+    rows.append(("jaxpost", batch, batch * new / total, 1e3 * prefill, 1e3 * decode / (new - 1), ideal / decode))
+    hf = None if args.no_hf else bench_hf(shape, batch, prompt_len, new, args.iters)
+    if hf is not None:
+      rows.append(("hf generate", batch, batch * new / hf, float("nan"), 1e3 * hf / new, ideal / hf))
+
+  header = ("engine", "batch", "tokens/s", "prefill ms", "ms/step", "roofline")
+  print(" | ".join(f"{h:>12}" for h in header))
+  for engine, batch, tps, pre, step, frac in rows:
+    print(" | ".join([f"{engine:>12}", f"{batch:>12d}", f"{tps:>12.1f}", f"{pre:>12.1f}", f"{step:>12.2f}",
+                      f"{frac:>12.1%}"]))
+
+
+if __name__ == "__main__":
+  main()

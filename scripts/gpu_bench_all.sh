@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One prepared GPU session: install jaxpost over the machine's own jax, then run the kernel benchmarks.
+# Usage (on a GPU machine with .whl/ filled by ../shared/device/wheels.sh):
+#   bash scripts/gpu_bench_all.sh [attention] [logprobs] [train] [generate]
+# Each benchmark has its own time limit and writes its table to ${OUT:-/tmp/jaxpost-bench}/NAME.txt.
+set -uo pipefail
+out=${OUT:-/tmp/jaxpost-bench}
+mkdir -p "$out"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-index --no-build-isolation . 2>&1 | tail -2
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$out/device.txt"
+run() {  # run NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  echo "== $name (limit ${secs}s): $*"
+  timeout "$secs" "$@" 2>&1 | tee "$out/$name.txt" | grep -v "^\s*$"
+  echo "== $name exit ${PIPESTATUS[0]}"
+}
+[ $# -gt 0 ] || set -- attention logprobs
+for what in "$@"; do
+  case $what in
+    attention) run attention 200 python3 scripts/bench_attention.py ;;
+    logprobs) run logprobs 200 python3 scripts/bench_logprobs.py --timeout 60 ;;
+    train) run train 200 python3 scripts/bench_train.py --time_budget_s 150 ;;
+    generate) run generate 150 python3 scripts/bench_generate.py ;;
+  esac
+done
