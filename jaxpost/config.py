@@ -10,7 +10,7 @@ import ml_collections
 ALGORITHMS = ("sft", "grpo")
 MODEL_FAMILIES = ("llama",)
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
-LOGPROB_IMPLS = ("naive", "chunked", "pallas")
+LOGPROB_IMPLS = ("auto", "naive", "chunked", "pallas")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -37,7 +37,7 @@ def model_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"           # Compute dtype (bfloat16 for speed; params stay in param_dtype).
   c.param_dtype = "float32"     # Master weight dtype.
   c.attention = "xla"           # Attention: xla | pallas (jaxpost kernel) | cudnn | auto (best per platform).
-  c.logprob_impl = "naive"      # Per-token log-prob implementation: naive | chunked | pallas.
+  c.logprob_impl = "auto"       # Per-token log-probs: auto (fastest per platform) | naive | chunked | pallas.
   c.scan_layers = False         # lax.scan over stacked layers (faster compile for deep models).
   c.remat = "none"              # Rematerialisation policy per block: none | full | dots.
   c.init_checkpoint = ""        # Start from the params of this workdir's latest checkpoint.

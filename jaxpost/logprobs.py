@@ -46,8 +46,16 @@ def _kernel_logprobs(impl):
   return fn
 
 
+def auto_token_logprobs(hidden, w_unembed, targets, **kwargs):
+  """The fastest measured per platform: the Pallas kernel on TPU, the chunked kernel on GPU (the
+  Pallas-Triton forward measured slower there; see docs/performance.md), naive on CPU (small vocabs)."""
+  backend = jax.default_backend()
+  impl = {"tpu": "pallas", "gpu": "chunked"}.get(backend, "naive")
+  return IMPLEMENTATIONS[impl](hidden, w_unembed, targets, **kwargs)
+
+
 IMPLEMENTATIONS = {"naive": naive_token_logprobs, "chunked": _kernel_logprobs("chunked"),
-                   "pallas": _kernel_logprobs("pallas")}
+                   "pallas": _kernel_logprobs("pallas"), "auto": auto_token_logprobs}
 
 
 def token_logprobs(graphdef, params, batch, *, impl: str = "naive", temperature: float = 1.0,

@@ -159,6 +159,8 @@ def _generate(graphdef, params, tokens, segment_ids, traced, *, sampling: Sampli
   key, stop_ids = traced["key"], traced["stop_ids"]
   n, g = sampling.max_new_tokens, sampling.num_samples
   model = nnx.merge(graphdef, params)
+  tokens = kv_cache.shard_like(tokens, kv_cache.ROWS_LOGICAL)  # Rows over (data, fsdp) under a mesh.
+  segment_ids = kv_cache.shard_like(segment_ids, kv_cache.ROWS_LOGICAL)
   positions = _positions(segment_ids)
   logits, cache = _prefill(model, tokens, segment_ids, positions, tokens.shape[1] + n)
   cache = kv_cache.repeat_rows(cache, g)

@@ -24,7 +24,8 @@ for what in "$@"; do
   case $what in
     attention) run attention 200 python3 scripts/bench_attention.py ;;
     logprobs) run logprobs 200 python3 scripts/bench_logprobs.py --timeout 60 ;;
-    train) run train 200 python3 scripts/bench_train.py --time_budget_s 150 ;;
+    logprobs_baseline) run logprobs_baseline 110 python3 scripts/bench_logprobs.py --timeout 50 --impls chunked,baseline ;;
+    train) run train 200 python3 scripts/bench_train.py --time_budget_s 180 --json "$out/train.jsonl" ;;
     generate) run generate 150 python3 scripts/bench_generate.py ;;
   esac
 done

@@ -5,6 +5,8 @@
 tokenizer.model: a sentencepiece character vocabulary (printable ASCII + the chat specials; the role
 names are single pieces too, as in real ChatML tokenizers, which keeps a reply close to its question).
 sft_train.jsonl / sft_eval.jsonl: chat records of two-digit addition, eval from the held-out pairs.
+prompts_train.jsonl / prompts_eval.jsonl: prompt records for GRPO (a quarter of the training pairs; the
+same held-out problems).
 """
 import json
 import os
@@ -34,6 +36,8 @@ def main():
   write_jsonl(os.path.join(OUT, "sft_eval.jsonl"),
               [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": str(a)}]}
                for q, a in held_out])
+  write_jsonl(os.path.join(OUT, "prompts_train.jsonl"), arithmetic.prompt_records(arithmetic.TRAIN_PAIRS[::4]))
+  write_jsonl(os.path.join(OUT, "prompts_eval.jsonl"), [{"prompt": q, "answer": str(a)} for q, a in held_out])
 
 
 if __name__ == "__main__":

@@ -60,3 +60,21 @@ def test_bad_prompt_records_name_file_and_line(tmp_path, record, message):
   path = _write(tmp_path, [json.dumps({"prompt": "ok", "answer": "1"}), json.dumps(record)])
   with pytest.raises(DataError, match=rf"prompts\.jsonl:2: .*{message}"):
     load_prompts(path, tok, max_prompt_len=64)
+
+
+def test_gsm8k_records_become_prompt_and_answer():
+  from jaxpost.data.prompts import normalize_record
+  record = {"question": "Natalia sold 48 clips...", "answer": "48/2 = 24\n48+24 = 72\n#### 1,072"}
+  assert normalize_record(record)["prompt"] == "Natalia sold 48 clips..."
+  assert normalize_record(record)["answer"] == "1072"  # thousands separators dropped
+
+
+def test_shared_gsm8k_file_loads_when_present():
+  path = os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl")
+  if not os.path.exists(path):
+    pytest.skip("GSM8K not found at ../shared/data/gsm8k (get it from github.com/openai/grade-school-math)")
+  from jaxpost.data.jsonl import read_jsonl
+  from jaxpost.data.prompts import normalize_record
+  records = [normalize_record(r) for _, _, r in read_jsonl(path)]
+  assert len(records) == 1319
+  assert all(r["answer"].lstrip("-").replace(".", "").isdigit() for r in records)

@@ -1,5 +1,9 @@
 """Prompt records for online RL: `{"prompt": str | "messages": [...], "answer": ..., ["tests": ...]}`.
 
+GSM8K-style records `{"question": ..., "answer": "worked solution ... #### 72"}` are read as
+prompt = question, answer = the number after `####`. MATH-style records `{"problem", "solution"}` are
+read as prompt = problem, answer = the solution (the math reward takes its last \boxed{}).
+
 A `prompt` string is wrapped as one user message; both forms are rendered with the chat template and
 a generation prompt, so the policy answers as the assistant. The whole record stays available to the
 reward functions (they read `answer`, `tests`, ...).
@@ -14,6 +18,7 @@ def prompt_tokens(record: dict, tokenizer, *, where: str) -> list[int]:
   """bos + chat-templated prompt + `<|im_start|>assistant\\n`."""
   if not isinstance(record, dict):
     raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  record = normalize_record(record)
   if "messages" in record:
     messages = record["messages"]
   elif isinstance(record.get("prompt"), str) and record["prompt"]:
@@ -32,6 +37,17 @@ def prompt_tokens(record: dict, tokenizer, *, where: str) -> list[int]:
   return bos + tokens.tolist()
 
 
+def normalize_record(record: dict) -> dict:
+  """GSM8K and MATH field names -> prompt/answer (other records pass through unchanged)."""
+  if "prompt" not in record and "messages" not in record:
+    if "question" in record and isinstance(record.get("answer"), str) and "####" in record["answer"]:
+      return {**record, "prompt": record["question"],
+              "answer": record["answer"].rsplit("####", 1)[1].strip().replace(",", "")}
+    if "problem" in record and "solution" in record:
+      return {**record, "prompt": record["problem"], "answer": record["solution"]}
+  return record
+
+
 def load_prompts(paths, tokenizer, *, max_prompt_len: int) -> tuple[list[dict], dict]:
   """Reads prompt records; returns [{"tokens": [...], "record": {...}}] and counts (`dropped` = longer
   than `max_prompt_len`, never silently: the count is logged)."""
@@ -41,7 +57,7 @@ def load_prompts(paths, tokenizer, *, max_prompt_len: int) -> tuple[list[dict], 
     if len(tokens) > max_prompt_len:
       dropped += 1
       continue
-    examples.append({"tokens": tokens, "record": record})
+    examples.append({"tokens": tokens, "record": normalize_record(record)})
   if not examples:
     raise DataError(f"{paths}: no prompt fits max_prompt_len={max_prompt_len} ({dropped} dropped)")
   return examples, {"prompts": len(examples), "dropped_overlong_prompts": dropped}

@@ -24,7 +24,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "xla"
-  logprob_impl: str = "naive"
+  logprob_impl: str = "auto"
   scan_layers: bool = False
   remat: str = "none"
 

@@ -46,17 +46,20 @@ def init(cfg: ModelConfig, batch: int, max_len: int) -> dict:
   return constrain(cache)
 
 
-def constrain(cache: dict) -> dict:
-  """Shards the cache like a batch (rows over data/fsdp, kv heads over tensor) under a context mesh."""
+def shard_like(x: jax.Array, logical: tuple) -> jax.Array:
+  """Constrains x to the mesh axes of its logical axes (jaxpost.mesh rules) under a context mesh; else x."""
   from jaxpost import mesh as mesh_lib
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return cache
-  def put(x, logical):
-    return jax.lax.with_sharding_constraint(x, mesh_lib.logical_to_spec(logical, x.shape, mesh))
-  out = dict(cache)
-  out["k"], out["v"] = put(cache["k"], KV_LOGICAL), put(cache["v"], KV_LOGICAL)
-  out["segment_ids"], out["positions"] = put(cache["segment_ids"], ROWS_LOGICAL), put(cache["positions"], ROWS_LOGICAL)
+    return x
+  return jax.lax.with_sharding_constraint(x, mesh_lib.logical_to_spec(logical, x.shape, mesh))
+
+
+def constrain(cache: dict) -> dict:
+  """Shards the cache like a batch (rows over data/fsdp, kv heads over tensor) under a context mesh."""
+  out = {k: shard_like(v, KV_LOGICAL) for k, v in cache.items() if k in ("k", "v")}
+  out.update({k: shard_like(cache[k], ROWS_LOGICAL) for k in ("segment_ids", "positions")})
+  out["index"] = cache["index"]
   return out
 
 

@@ -65,3 +65,9 @@ def score(completion: str, answer: int) -> float:
 def prompt_records(pairs: list[tuple[int, int]]) -> list[dict]:
   """`{"prompt", "answer"}` records for online RL (the answer is the exact sum, as a string)."""
   return [{"prompt": question(a, b), "answer": str(a + b)} for a, b in pairs]
+
+
+def leading_digit_reward(completion: str, example: dict) -> float:
+  """A shaping reward a random model can already earn sometimes: 1 when the reply starts with a digit."""
+  del example
+  return float(completion[:1].isdigit())
