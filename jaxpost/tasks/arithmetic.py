@@ -2,9 +2,10 @@
 
 Pairs (a, b) with 10 <= a, b <= 99 are split once, by a fixed rule, into training pairs and held-out
 pairs ((7a + 3b) % 10 == 0: 810 of 8100 pairs), so evaluation never sees a problem the model trained on.
-Pre-training text is `a + b = c` lines and, 40% of the time, questions (`what is a + b? c`): without
-question lines SFT does not transfer to the chat format (seen in the prototype), and at 40% the base
-model answers plain-text questions better than at 20% (25.6% vs 16.2% held-out, 800 steps, seed 0).
+Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`): without
+question lines SFT does not transfer to the chat format (seen in the prototype). At 40% the base model
+answers plain-text questions better (25.6% vs 16.2% held-out, 800 steps, seed 0) but its SFT reached
+only 3.8% (vs 21.2%), so the demo keeps 20%.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def question(a: int, b: int) -> str:
   return f"what is {a} + {b}?"
 
 
-def pretraining_records(n: int, *, seed: int, question_frac: float = 0.4, lines_per_record: int = 4) -> list[dict]:
+def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_per_record: int = 4) -> list[dict]:
   """`{"text"}` records of several arithmetic lines each."""
   rng = random.Random(seed)
   records = []
