@@ -46,7 +46,7 @@ def get_config(arg: str = "base"):
   elif arg == "grpo":
     c.algorithm = "grpo"
     c.train.steps = 150
-    c.train.log_every = 10
+    c.train.log_every = 25
     c.train.eval_every = 50
     c.optim.lr = 1e-4          # 1e-3 collapses (prototype); 1e-4 climbs steadily.
     c.optim.warmup_steps = 0

@@ -78,7 +78,7 @@ def load_config(stage: str):
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about the read-only managers that load stages.
   from jaxpost import mesh as mesh_lib, tokenizers
   from jaxpost.loops import offline
 
