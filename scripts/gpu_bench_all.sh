@@ -27,5 +27,6 @@ for what in "$@"; do
     logprobs_baseline) run logprobs_baseline 110 python3 scripts/bench_logprobs.py --timeout 50 --impls chunked,baseline ;;
     train) run train 200 python3 scripts/bench_train.py --time_budget_s 180 --json "$out/train.jsonl" ;;
     generate) run generate 150 python3 scripts/bench_generate.py ;;
+    rl) run rl 200 python3 scripts/bench_rl.py ;;
   esac
 done

@@ -1,0 +1,83 @@
+"""Benchmark one GRPO iteration: rollout (P prompts x G samples with the KV-cache sampler) + update.
+
+    python scripts/bench_rl.py                 # ~0.5B Llama shape (Qwen2.5-0.5B-like), bf16, 32 x 8 rollouts
+    python scripts/bench_rl.py --small         # CPU smoke run on a tiny model
+
+It times, after one warm-up iteration (which compiles), the median of `--iters` iterations of exactly
+what `jaxpost/loops/online.py` does on the device: `sampling.generate` on the live params, then the
+rollout rows (`rollout.rollout_batch`), then one jitted GRPO step (ppo_clip, token_mean) on them.
+Rewards are random (host work is not what this measures). Prints rollout and train seconds and
+tokens/s (sampled completion tokens / iteration time), and the decode roofline fraction of the rollout.
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from jaxpost import mesh as mesh_lib, optim, rollout, sampling, state as state_lib, step as step_lib
+from jaxpost.algorithms import grpo
+from jaxpost.config import base_config
+from jaxpost.models import ModelConfig
+
+HALF_B = dict(vocab_size=151936, d_model=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
+              mlp_dim=4864, tie_embeddings=True, qkv_bias=True, dtype="bfloat16", param_dtype="float32",
+              attention="auto", logprob_impl="auto", remat="dots")
+SMALL = dict(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--small", action="store_true")
+  parser.add_argument("--prompts", type=int, default=None, help="P prompts per iteration (32; 4 with --small)")
+  parser.add_argument("--generations", type=int, default=8, help="G samples per prompt")
+  parser.add_argument("--prompt_len", type=int, default=None, help="tokens per prompt (256; 16 with --small)")
+  parser.add_argument("--new_tokens", type=int, default=None, help="completion tokens (512; 16 with --small)")
+  parser.add_argument("--iters", type=int, default=3)
+  args = parser.parse_args()
+  p = args.prompts or (4 if args.small else 32)
+  g = args.generations
+  prompt_len = args.prompt_len or (16 if args.small else 256)
+  new = args.new_tokens or (16 if args.small else 512)
+
+  cfg = ModelConfig(**(SMALL if args.small else HALF_B))
+  config = base_config()
+  mesh = mesh_lib.make_mesh(config)
+  with jax.set_mesh(mesh):
+    graphdef, shapes, _ = state_lib.abstract_model(cfg)
+    tx, schedule = optim.make_optimizer(config.optim, 1000)
+    shardings = state_lib.state_shardings(shapes, state_lib.param_shardings(cfg, mesh), tx, mesh)
+    train_state = state_lib.create_state(state_lib.init_params(cfg, mesh, 0), tx, shardings, 0)
+    loss_fn, normalizer = grpo.make_grpo_loss_fn(graphdef, aggregation="token_mean", logprob_impl=cfg.logprob_impl)
+    train_step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, tx, schedule),
+                         in_shardings=(shardings, mesh_lib.batch_sharding(mesh), None),
+                         out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, cfg.vocab_size, size=(p, prompt_len)).tolist()
+    times = []
+    for it in range(args.iters + 1):
+      t0 = time.perf_counter()
+      out = sampling.generate(graphdef, train_state["params"], prompts, sampling.SamplingConfig(
+          max_new_tokens=new, temperature=1.0, num_samples=g, seed=it))
+      t1 = time.perf_counter()
+      batch = rollout.rollout_batch(prompts, out.completions(), out.logps, num_samples=g,
+                                    seq_len=prompt_len + new - 1)
+      rewards = rng.random((p, g)).astype(np.float32)
+      batch["advantages"] = np.asarray(grpo.compute_advantages(rewards, None, "grpo")).reshape(-1)
+      train_state, metrics = train_step(train_state, mesh_lib.global_batch(batch, mesh), None)
+      jax.block_until_ready(metrics["loss"])
+      t2 = time.perf_counter()
+      if it:  # The first iteration compiles.
+        times.append((t1 - t0, t2 - t1, int(out.lengths.sum())))
+  rollout_s = float(np.median([t[0] for t in times]))
+  train_s = float(np.median([t[1] for t in times]))
+  tokens = float(np.median([t[2] for t in times]))
+  print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}; model "
+        f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new tokens")
+  print(f"rollout_s={rollout_s:.3f} train_s={train_s:.3f} iteration_s={rollout_s + train_s:.3f} "
+        f"sampled_tokens={tokens:.0f} tokens/s={tokens / (rollout_s + train_s):.1f} "
+        f"rollout_share={rollout_s / (rollout_s + train_s):.0%}")
+
+
+if __name__ == "__main__":
+  main()
