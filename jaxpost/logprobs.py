@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpost import mesh as mesh_lib
+
 
 def naive_token_logprobs(hidden, w_unembed, targets, *, temperature=1.0, return_entropy=False):
   """hidden (N, D), w_unembed (D, V), targets (N,) -> logps (N,) f32 [, entropy (N,) f32]."""
@@ -30,15 +32,10 @@ def _kernel_logprobs(impl):
     from jaxpost.kernels.logprobs import token_logprobs, token_logprobs_sharded
     kwargs = dict(temperature=temperature, return_entropy=return_entropy, impl=impl,
                   interpret=jax.default_backend() == "cpu" and impl == "pallas")
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    found = mesh_lib.context_row_axes(hidden.shape[0])
+    if found is None or not found[0]:
       return token_logprobs(hidden, w_unembed, targets, **kwargs)
-    token_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-    ways = 1
-    for a in token_axes:
-      ways *= mesh.shape[a]
-    if hidden.shape[0] % ways:
-      return token_logprobs(hidden, w_unembed, targets, **kwargs)
+    token_axes, mesh = found
     tensor = mesh.shape.get("tensor", 1)
     vocab_axis = "tensor" if tensor > 1 and w_unembed.shape[1] % tensor == 0 else None
     return token_logprobs_sharded(hidden, w_unembed, targets, mesh, token_axes=token_axes, vocab_axis=vocab_axis,

@@ -67,3 +67,14 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Process-local rows -> global arrays sharded over (data, fsdp). Works unchanged multi-host."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh), v) for k, v in local.items()}
+
+
+def context_row_axes(rows: int) -> tuple[tuple[str, ...], jax.sharding.AbstractMesh] | None:
+  """Under `jax.set_mesh`: the (data, fsdp) axes that split `rows` evenly (empty tuple if they do not),
+  and the mesh; None when there is no mesh or it has one device. Used by kernels run under shard_map."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return None
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  return (axes if rows % ways == 0 else ()), mesh

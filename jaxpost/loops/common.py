@@ -13,6 +13,11 @@ from jaxpost import state as state_lib
 from jaxpost.models import ModelConfig
 
 
+def split_paths(spec: str) -> list[str]:
+  """`config.data.*_path`: comma-separated files or globs -> list."""
+  return [p.strip() for p in spec.split(",") if p.strip()]
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 

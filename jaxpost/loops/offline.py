@@ -23,10 +23,6 @@ from jaxpost import tokenizers
 ALGORITHMS = {"sft": sft}
 
 
-def _paths(spec: str) -> list[str]:
-  return [p.strip() for p in spec.split(",") if p.strip()]
-
-
 def run(config, workdir: str) -> dict:
   """Trains per `config`, writing into `workdir`; returns the last logged metrics (+ eval_loss)."""
   # ---------------------------------------------------------------- Mesh
@@ -46,13 +42,13 @@ def _train(config, workdir: str, mesh) -> dict:
     raise ConfigError("config.data.train_path: empty; name a JSONL file or glob")
   tokenizer = tokenizers.load(config.tokenizer.path)
   data_kwargs = dict(seq_len=config.data.seq_len, pack=config.data.pack, overlong=config.data.overlong)
-  rows, data_stats = pipeline.build_dataset(_paths(config.data.train_path), tokenizer, **data_kwargs)
+  rows, data_stats = pipeline.build_dataset(common.split_paths(config.data.train_path), tokenizer, **data_kwargs)
   process_rows = t.batch_size // jax.process_count()
   train_iter = pipeline.make_train_iterator(rows, batch_size=process_rows, seed=t.seed, shuffle=config.data.shuffle,
                                             process_index=jax.process_index(), process_count=jax.process_count())
   eval_data = None
   if config.data.eval_path:
-    eval_rows, _ = pipeline.build_dataset(_paths(config.data.eval_path), tokenizer, **data_kwargs)
+    eval_rows, _ = pipeline.build_dataset(common.split_paths(config.data.eval_path), tokenizer, **data_kwargs)
     eval_data = pipeline.eval_batches(eval_rows, process_rows)
 
   # ---------------------------------------------------------------- Model and sharded state
@@ -104,7 +100,7 @@ def _train(config, workdir: str, mesh) -> dict:
     if (t.log_every and step % t.log_every == 0) or is_last:
       common.check_finite(step, metrics)
       now = time.perf_counter()
-      values = {k: v for k, v in metrics.items()}
+      values = dict(metrics)
       values["loss"] = float(np.mean([float(x) for x in window]))
       values["tokens_per_sec"] = tokens / (now - last_time)
       tokens, last_time, window = 0, now, []

@@ -28,10 +28,6 @@ from jaxpost.data.prompts import load_prompts
 from jaxpost.loops import common
 
 
-def _paths(spec: str) -> list[str]:
-  return [p.strip() for p in spec.split(",") if p.strip()]
-
-
 def run(config, workdir: str) -> dict:
   """Trains per `config` (algorithm grpo); returns the last logged metrics (+ eval accuracy)."""
   # ---------------------------------------------------------------- Mesh
@@ -50,10 +46,10 @@ def _train(config, workdir: str, mesh) -> dict:
   if not config.tokenizer.path or not config.data.train_path:
     raise ConfigError("config.tokenizer.path and config.data.train_path (prompt JSONL) must be set for grpo")
   tokenizer = tokenizers.load(config.tokenizer.path)
-  prompts, prompt_stats = load_prompts(_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
+  prompts, prompt_stats = load_prompts(common.split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
   eval_prompts = None
   if config.data.eval_path:
-    eval_prompts, _ = load_prompts(_paths(config.data.eval_path), tokenizer, max_prompt_len=rl.max_prompt_len)
+    eval_prompts, _ = load_prompts(common.split_paths(config.data.eval_path), tokenizer, max_prompt_len=rl.max_prompt_len)
     eval_prompts = eval_prompts[:rl.eval_prompts]
   reward_fns = rewards_lib.combine(rl.reward_fns)
   stop_ids = (tokenizers.chat_eos_id(tokenizer),) + ((tokenizer.eos_id,) if tokenizer.eos_id is not None else ())

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from jaxpost import mesh as mesh_lib
+
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -53,18 +55,13 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, slidin
 def _mesh_specs(q, k):
   """shard_map specs for (B, T, N, D) and (B, T) under the context mesh: batch over (data, fsdp), heads
   over tensor, each only where it divides; None when there is no mesh to map over."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
+  found = mesh_lib.context_row_axes(q.shape[0])
+  if found is None:
     return None
-  names = set(mesh.axis_names)
-  batch = tuple(a for a in ("data", "fsdp") if a in names)
-  ways = 1
-  for a in batch:
-    ways *= mesh.shape[a]
-  batch = batch if batch and q.shape[0] % ways == 0 else None
-  tensor = mesh.shape.get("tensor", 1) if "tensor" in names else 1
+  batch, mesh = found
+  tensor = mesh.shape.get("tensor", 1) if "tensor" in mesh.axis_names else 1
   heads = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 and k.shape[2] % tensor == 0 else None
-  return P(batch, None, heads, None), P(batch, None)
+  return P(batch or None, None, heads, None), P(batch or None, None)
 
 
 def pallas_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, sliding_window=None,
