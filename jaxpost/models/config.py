@@ -27,6 +27,7 @@ class ModelConfig:
   logprob_impl: str = "auto"
   scan_layers: bool = False
   remat: str = "none"
+  head: str = "lm"            # lm: logits over the vocabulary | scalar: one score per token (reward model, critic).
 
   @property
   def compute_dtype(self):

@@ -116,7 +116,10 @@ class Transformer(nnx.Module):
     else:
       self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
-    if not cfg.tie_embeddings:
+    if cfg.head == "scalar":  # Reward model / critic: r = h . w_score + b_score.
+      self.score_w = param(rngs, (cfg.d_model,), ("embed",), pd, std=cfg.d_model ** -0.5)
+      self.score_b = param(rngs, (), (), pd, init="zeros")
+    elif not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
 
   def hidden(self, tokens, positions=None, segment_ids=None):
@@ -168,6 +171,12 @@ class Transformer(nnx.Module):
     """(D, V) in the compute dtype."""
     w = self.embed.embedding[...].T if self.cfg.tie_embeddings else self.unembed[...]
     return w.astype(self.cfg.compute_dtype)
+
+  def scores(self, tokens, positions=None, segment_ids=None) -> jax.Array:
+    """The scalar head (`head == "scalar"`): (B, T) f32 score at every position; a reward model reads
+    the last real token of each sequence, a critic every completion token."""
+    h = self.hidden(tokens, positions, segment_ids).astype(jnp.float32)  # (B, T, D)
+    return h @ self.score_w[...].astype(jnp.float32) + self.score_b[...].astype(jnp.float32)  # (B, T)
 
   def __call__(self, tokens, positions=None, segment_ids=None):
     h = self.hidden(tokens, positions, segment_ids)  # (B, T, D)
