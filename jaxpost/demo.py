@@ -46,12 +46,12 @@ def evaluate(workdir, config, problems, tokenizer, mesh):
   """Greedy accuracy (%) on `problems` with the chat template, and the completions."""
   from jaxpost import sampling
   from jaxpost.models import ModelConfig
-  from jaxpost.tokenizers import chat_eos_id, tokenize_chat
   model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
   graphdef, params = _load_params(workdir, model_cfg, mesh)
-  prompts = [[tokenizer.bos_id] + tokenize_chat([{"role": "user", "content": q}], tokenizer,
-                                                add_generation_prompt=True)[0].tolist() for q, _ in problems]
-  completions = sampling.greedy_generate(graphdef, params, prompts, max_new_tokens=6, stop_id=chat_eos_id(tokenizer))
+  prompts = [tokenizer.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True)[0].tolist()
+             for q, _ in problems]
+  completions = sampling.greedy_generate(graphdef, params, prompts, max_new_tokens=6,
+                                         stop_id=tokenizer.chat_stop_ids[0])
   texts = [tokenizer.decode(c) for c in completions]
   correct = sum(arithmetic.score(t, a) for t, (_, a) in zip(texts, problems))
   return 100.0 * correct / len(problems), texts, (graphdef, params)

@@ -3,11 +3,14 @@
   python -m jaxpost.generate --model=runs/demo/sft --config=configs/demo.py:sft --chat --prompt "What is 12+7?"
   python -m jaxpost.generate --model=runs/demo/base --prompt "12+7=" --max_new_tokens=8 --temperature=0
 
-`--model` is a training workdir (its latest checkpoint's params are read). A workdir does not store
-its model config yet, so `--config` names the config the run trained with (default
-configs/demo.py:base; `--config.model.x=v` overrides as in jaxpost.train); its tokenizer path is used
-unless `--tokenizer` is given. `--chat` wraps the prompt in the ChatML template with a generation
-prompt and stops at `<|im_end|>`; otherwise generation stops at the tokenizer's eos.
+  python -m jaxpost.generate --model=/path/to/hf_model --chat --prompt "Hello"
+
+`--model` is a Hugging Face model directory (config.json + safetensors; its tokenizer folder too), or a
+training workdir: its latest checkpoint's params are read, with the architecture and tokenizer the run
+recorded in WORKDIR/model.json (workdirs from before that record need `--config`, the config the run
+trained with; default configs/demo.py:base). `--tokenizer` overrides the tokenizer either way. `--chat` wraps the prompt in the tokenizer's chat template (built-in
+ChatML, or a Hugging Face folder's) with a generation prompt and stops at `tokenizer.chat_stop_ids`
+(end of turn, eos); otherwise generation stops at the tokenizer's eos.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "The config
                                           lock_config=True)
 _MODEL = flags.DEFINE_string("model", None, "Training workdir (WORKDIR/checkpoints) to load params from.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
-_CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt as a user turn of the ChatML template.")
+_CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt as a user turn of the chat template.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Completion budget in tokens.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
@@ -38,13 +41,17 @@ class ModelDirError(ValueError):
   pass
 
 
-def check_model_dir(path: str) -> None:
-  """Raises ModelDirError unless `path` is a training workdir with checkpoints."""
-  if os.path.isfile(os.path.join(path, "config.json")) or glob.glob(os.path.join(path, "*.safetensors")):
-    raise ModelDirError(f"--model={path}: looks like a Hugging Face model directory (config.json / *.safetensors); "
-                        "loading HF directories arrives with the HF interop issue. Pass a jaxpost training workdir.")
+def model_kind(path: str) -> str:
+  """'hf' for a Hugging Face model directory, 'workdir' for a training workdir; ModelDirError otherwise."""
+  if os.path.isfile(os.path.join(path, "config.json")):
+    return "hf"
+  if glob.glob(os.path.join(path, "*.safetensors")):
+    raise ModelDirError(f"--model={path}: has *.safetensors but no config.json; a Hugging Face model directory "
+                        "needs both")
   if not os.path.isdir(os.path.join(path, "checkpoints")):
-    raise ModelDirError(f"--model={path}: no checkpoints/ directory; expected a jaxpost training workdir")
+    raise ModelDirError(f"--model={path}: no checkpoints/ directory; expected a jaxpost training workdir or a "
+                        "Hugging Face model directory (config.json + *.safetensors)")
+  return "workdir"
 
 
 def load_params(workdir: str, model_cfg, mesh):
@@ -58,12 +65,11 @@ def load_params(workdir: str, model_cfg, mesh):
 
 
 def encode_prompt(text: str, tokenizer, chat: bool) -> tuple[list[int], tuple[int, ...]]:
-  """(prompt ids with bos, stop ids): ChatML + `<|im_end|>` with --chat, plain text + eos otherwise."""
-  from jaxpost.tokenizers import chat_eos_id, tokenize_chat
-  bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+  """(prompt ids with bos, stop ids): chat template + its stop ids with --chat, plain text + eos otherwise."""
   if chat:
-    ids = tokenize_chat([{"role": "user", "content": text}], tokenizer, add_generation_prompt=True)[0].tolist()
-    return bos + ids, (chat_eos_id(tokenizer),)
+    ids = tokenizer.encode_chat([{"role": "user", "content": text}], add_generation_prompt=True)[0].tolist()
+    return ids, tokenizer.chat_stop_ids
+  bos = [tokenizer.bos_id] if tokenizer.adds_bos else []
   return bos + tokenizer.encode(text), (() if tokenizer.eos_id is None else (tokenizer.eos_id,))
 
 
@@ -87,23 +93,40 @@ def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax
+  from flax import nnx
   from jaxpost import mesh as mesh_lib, sampling, tokenizers
   from jaxpost.models import ModelConfig
 
+  from jaxpost.loops import common
+  from jaxpost.models import hf
+  from jaxpost.models.safetensors_io import CheckpointError
+
   config = _CONFIG.value
   try:
-    check_model_dir(_MODEL.value)
-    tokenizer = tokenizers.load(_TOKENIZER.value or config.tokenizer.path)
-    model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
+    kind = model_kind(_MODEL.value)
     mesh = mesh_lib.make_mesh(config)
+    has_record = os.path.isfile(os.path.join(_MODEL.value, common.MODEL_RECORD))
+    if kind == "hf":
+      tokenizer = tokenizers.load(_TOKENIZER.value or _MODEL.value)
+    elif has_record:
+      model_cfg, record = common.read_model_record(_MODEL.value)
+      tokenizer = tokenizers.load(_TOKENIZER.value or record["tokenizer"] or config.tokenizer.path)
+    else:
+      tokenizer = tokenizers.load(_TOKENIZER.value or config.tokenizer.path)
+      model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
     with jax.set_mesh(mesh):
-      graphdef, params = load_params(_MODEL.value, model_cfg, mesh)
+      if kind == "hf":
+        model = hf.from_pretrained(_MODEL.value, mesh=mesh)
+        graphdef, params = nnx.split(model, nnx.Param)
+        params = nnx.to_pure_dict(params)
+      else:
+        graphdef, params = load_params(_MODEL.value, model_cfg, mesh)
       prompt, stop_ids = encode_prompt(_PROMPT.value, tokenizer, _CHAT.value)
       cfg = sampling.SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                     top_p=_TOP_P.value, stop_token_ids=stop_ids, seed=_SEED.value)
       start = time.perf_counter()
       ids = stream_text(graphdef, params, prompt, cfg, tokenizer)
-  except (ModelDirError, FileNotFoundError, ValueError) as e:
+  except (ModelDirError, FileNotFoundError, ValueError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   seconds = time.perf_counter() - start

@@ -1,6 +1,8 @@
 """Per-token log-probabilities (and entropy) of targets under a model: the one function every loss uses.
 
-  logp_t = z_{t, y_t} - logsumexp_v z_{t, v},   z = h @ W_out / temperature,   H_t = logsumexp(z_t) - E_p[z_t]
+  logp_t = z_{t, y_t} - logsumexp_v z_{t, v},   z = softcap(h @ W_out) / temperature,   H_t = logsumexp(z_t) - E_p[z_t]
+
+(softcap(x) = c tanh(x / c) for models with a final logit cap, Gemma 2; identity otherwise.)
 
 `impl` picks how: `naive` materialises f32 logits (B, T, V); the kernels in `jaxpost.kernels.logprobs`
 (`chunked`, `pallas`) never do.
@@ -14,9 +16,12 @@ from flax import nnx
 from jaxpost import mesh as mesh_lib
 
 
-def naive_token_logprobs(hidden, w_unembed, targets, *, temperature=1.0, return_entropy=False):
+def naive_token_logprobs(hidden, w_unembed, targets, *, temperature=1.0, logit_softcap=None, return_entropy=False):
   """hidden (N, D), w_unembed (D, V), targets (N,) -> logps (N,) f32 [, entropy (N,) f32]."""
-  logits = jnp.dot(hidden, w_unembed, preferred_element_type=jnp.float32) / temperature  # (N, V)
+  logits = jnp.dot(hidden, w_unembed, preferred_element_type=jnp.float32)  # (N, V)
+  if logit_softcap:
+    logits = logit_softcap * jnp.tanh(logits / logit_softcap)
+  logits = logits / temperature
   lse = jax.nn.logsumexp(logits, axis=-1)  # (N,)
   logps = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - lse
   if not return_entropy:
@@ -28,9 +33,10 @@ def naive_token_logprobs(hidden, w_unembed, targets, *, temperature=1.0, return_
 def _kernel_logprobs(impl):
   """A `jaxpost.kernels.logprobs` implementation; under a context mesh (jax.set_mesh) it runs per shard:
   tokens over (data, fsdp) and, when the tensor axis divides V, vocab-parallel over tensor."""
-  def fn(hidden, w_unembed, targets, *, temperature=1.0, return_entropy=False):
+  def fn(hidden, w_unembed, targets, *, temperature=1.0, logit_softcap=None, return_entropy=False):
     from jaxpost.kernels.logprobs import token_logprobs, token_logprobs_sharded
-    kwargs = dict(temperature=temperature, return_entropy=return_entropy, impl=impl,
+    kwargs = dict(temperature=temperature, logit_softcap=logit_softcap or None, return_entropy=return_entropy,
+                  impl=impl,
                   interpret=jax.default_backend() == "cpu" and impl == "pallas")
     found = mesh_lib.context_row_axes(hidden.shape[0])
     if found is None or not found[0]:
@@ -66,5 +72,6 @@ def token_logprobs(graphdef, params, batch, *, impl: str = "naive", temperature:
   hidden = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])  # (B, T, D)
   b, t, d = hidden.shape
   out = IMPLEMENTATIONS[impl](hidden.reshape(b * t, d), model.unembedding(), batch["targets"].reshape(b * t),
-                              temperature=temperature, return_entropy=return_entropy)
+                              temperature=temperature, logit_softcap=model.cfg.final_logit_softcap or None,
+                              return_entropy=return_entropy)
   return jax.tree.map(lambda x: x.reshape(b, t), out)

@@ -117,7 +117,7 @@ def _traced(sampling: SamplingConfig) -> dict:
 
 def _last_logits(model, hidden):
   """hidden (B, T, D) -> f32 logits (B, V) of the last column."""
-  return jnp.dot(hidden[:, -1], model.unembedding(), preferred_element_type=jnp.float32)
+  return model.logits(hidden[:, -1])  # (B, V), soft-capped like the trainer's
 
 
 def _prefill(model, tokens, segment_ids, positions, max_len):
@@ -204,9 +204,17 @@ def generate(graphdef, params, prompt_tokens: list[list[int]], sampling: Samplin
   out_tokens, logps, lengths, stopped = _generate(
       graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids), _traced(sampling),
       sampling=_static(sampling), pad_id=pad_id)
-  stopped = np.asarray(stopped)
-  return SampleOutput(tokens=np.asarray(out_tokens), lengths=np.asarray(lengths),
-                      finish_reasons=["stop" if s else "length" for s in stopped], logps=np.asarray(logps))
+  out_tokens, logps, lengths, stopped = _to_host((out_tokens, logps, lengths, stopped))
+  return SampleOutput(tokens=out_tokens, lengths=lengths,
+                      finish_reasons=["stop" if s else "length" for s in stopped], logps=logps)
+
+
+def _to_host(arrays):
+  """numpy copies; with several processes each gathers the rows other hosts hold (every host needs all)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, arrays)
+  from jax.experimental import multihost_utils
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(arrays, tiled=True))
 
 
 # ---------------------------------------------------------------- One row at a time (CLI streaming)

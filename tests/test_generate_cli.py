@@ -78,9 +78,13 @@ def test_command_line_chat(workdir):
   assert "tokens/s" in result.stderr
 
 
-def test_hf_directory_gives_a_clear_error(tmp_path):
-  (tmp_path / "config.json").write_text("{}")
-  with pytest.raises(generate.ModelDirError, match="Hugging Face model directory"):
-    generate.check_model_dir(str(tmp_path))
+def test_model_kinds_and_clear_errors(tmp_path):
+  (tmp_path / "hf").mkdir()
+  (tmp_path / "hf" / "config.json").write_text("{}")
+  assert generate.model_kind(str(tmp_path / "hf")) == "hf"
+  (tmp_path / "half").mkdir()
+  (tmp_path / "half" / "model.safetensors").write_bytes(b"")
+  with pytest.raises(generate.ModelDirError, match="no config.json"):
+    generate.model_kind(str(tmp_path / "half"))
   with pytest.raises(generate.ModelDirError, match="no checkpoints"):
-    generate.check_model_dir(str(tmp_path / "missing"))
+    generate.model_kind(str(tmp_path / "missing"))

@@ -11,11 +11,11 @@ reward functions (they read `answer`, `tests`, ...).
 from __future__ import annotations
 
 from jaxpost.data.jsonl import DataError, read_jsonl
-from jaxpost.tokenizers import check_messages, tokenize_chat
+from jaxpost.tokenizers import check_messages
 
 
 def prompt_tokens(record: dict, tokenizer, *, where: str) -> list[int]:
-  """bos + chat-templated prompt + `<|im_start|>assistant\\n`."""
+  """The chat-templated prompt with its generation prompt (`tokenizer.encode_chat`, bos included)."""
   if not isinstance(record, dict):
     raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
   record = normalize_record(record)
@@ -32,9 +32,11 @@ def prompt_tokens(record: dict, tokenizer, *, where: str) -> list[int]:
     check_messages(messages)
   except ValueError as e:
     raise DataError(f"{where}: {e}") from None
-  tokens, _ = tokenize_chat(messages, tokenizer, add_generation_prompt=True)
-  bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-  return bos + tokens.tolist()
+  try:
+    tokens, _ = tokenizer.encode_chat(messages, add_generation_prompt=True)
+  except ValueError as e:  # The template rejects the conversation.
+    raise DataError(f"{where}: {e}") from None
+  return tokens.tolist()
 
 
 def normalize_record(record: dict) -> dict:

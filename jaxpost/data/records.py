@@ -1,11 +1,13 @@
 """One JSONL record -> tokens and loss mask, for the three supervised formats.
 
-  chat               {"messages": [{"role", "content"}, ...]}  loss on assistant content + <|im_end|>
+  chat               {"messages": [{"role", "content"}, ...]}  loss on assistant replies + end of turn
   prompt/completion  {"prompt": str, "completion": str}         loss on completion (+ eos)
   plain text         {"text": str}                              loss on every token (+ eos)
 
-Other keys (ids, sources, ...) are ignored. Chat records get no eos: `<|im_end|>` already ends
-each reply and is trained on. A bos, when added, never carries loss.
+Other keys (ids, sources, ...) are ignored. Chat records are `tokenizer.encode_chat(messages)`: the
+tokenizer's template (built-in ChatML, or a Hugging Face folder's) with the bos it puts first, and no
+eos: the end-of-turn token (`<|im_end|>`, `<|eot_id|>`, ...) already ends each reply and is trained
+on. A bos never carries loss.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxpost.data.jsonl import DataError
-from jaxpost.tokenizers import Tokenizer, check_messages, tokenize_chat
+from jaxpost.tokenizers import Tokenizer, check_messages
 
 FORMATS = '{"messages": [{"role", "content"}, ...]}, {"prompt", "completion"} or {"text"}'
 
@@ -26,7 +28,8 @@ def tokenize_record(obj: Any, tokenizer: Tokenizer, *, where: str, add_bos: bool
   Args:
     obj: the parsed JSON object.
     where: "path:line", prefixed to every error message.
-    add_bos: prepend bos when the tokenizer has one.
+    add_bos: prepend bos to prompt/completion and text records when the tokenizer starts sequences
+      with one (`tokenizer.adds_bos`); chat records get the bos `encode_chat` gives.
     add_eos: append eos (carrying loss) to prompt/completion and text records.
 
   Returns:
@@ -40,7 +43,7 @@ def tokenize_record(obj: Any, tokenizer: Tokenizer, *, where: str, add_bos: bool
     raise DataError(f"{where}: a record must be a JSON object ({FORMATS}), got {type(obj).__name__}")
   if "messages" in obj:
     tokens, loss_mask = _chat(obj["messages"], tokenizer, where)
-    add_eos = False
+    add_bos = add_eos = False
   elif "prompt" in obj and "completion" in obj:
     tokens, loss_mask = _prompt_completion(obj, tokenizer, where)
   elif "text" in obj:
@@ -48,7 +51,7 @@ def tokenize_record(obj: Any, tokenizer: Tokenizer, *, where: str, add_bos: bool
   else:
     raise DataError(f"{where}: unknown record format with keys {sorted(obj)}; expected {FORMATS}")
 
-  if add_bos and tokenizer.bos_id is not None:
+  if add_bos and tokenizer.adds_bos:
     tokens = np.concatenate([np.asarray([tokenizer.bos_id], np.int32), tokens])
     loss_mask = np.concatenate([np.zeros([1], np.bool_), loss_mask])
   if add_eos:
@@ -70,7 +73,10 @@ def _chat(messages: Any, tokenizer: Tokenizer, where: str) -> tuple[np.ndarray, 
   for i, m in enumerate(messages):
     if m["role"] == "assistant" and not m["content"].strip():
       raise DataError(f"{where}: messages[{i}] (assistant) has empty content")
-  return tokenize_chat(messages, tokenizer)
+  try:
+    return tokenizer.encode_chat(messages)
+  except ValueError as e:  # The template rejects the conversation (raise_exception, prefix check).
+    raise DataError(f"{where}: {e}") from None
 
 
 def _prompt_completion(obj: dict, tokenizer: Tokenizer, where: str) -> tuple[np.ndarray, np.ndarray]:

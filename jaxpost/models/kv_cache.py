@@ -29,12 +29,14 @@ class LayerCache(NamedTuple):
 
   k, v: (L, B, S, K, hd); layer: int or () int32; index: () int32 first column to write;
   visible: (B, S) int32 segment ids of the columns a single decode query may attend to (after the write).
+  positions: (B, S) int32 RoPE positions of the columns (sliding-window layers narrow `visible` with them).
   """
   k: jax.Array
   v: jax.Array
   layer: jax.Array | int
   index: jax.Array
   visible: jax.Array | None
+  positions: jax.Array | None = None
 
 
 def init(cfg: ModelConfig, batch: int, max_len: int) -> dict:

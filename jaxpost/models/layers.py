@@ -1,9 +1,11 @@
-"""Building blocks of the Llama-family transformer: RMSNorm, RoPE, embeddings, SwiGLU.
+"""Building blocks of the transformer: RMSNorm, RoPE (plain, linear, Llama 3.1), embeddings, gated MLP.
 
 Every parameter is an `nnx.Param` with `logical=(...)` axis names (see jaxpost/mesh.py). Weights are
 stored in `param_dtype` and cast to the compute dtype at use (bf16 compute, f32 master weights).
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,25 +27,49 @@ def param(rngs: nnx.Rngs, shape: tuple, logical: tuple, dtype, *, std: float | N
 
 
 class RMSNorm(nnx.Module):
-  """y = x / sqrt(mean(x^2) + eps) * w, computed in f32 (Zhang & Sennrich, 2019)."""
+  """y = x / sqrt(mean(x^2) + eps) * w, computed in f32 (Zhang & Sennrich, 2019).
 
-  def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs):
+  With `plus_one` (Gemma) the scale is (1 + w) and w starts at 0, so a stored w means what HF stores."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs, plus_one: bool = False):
     self.eps = eps
-    self.weight = param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+    self.plus_one = plus_one
+    self.weight = param(rngs, (dim,), ("norm",), param_dtype, init="zeros" if plus_one else "ones")
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+    w = self.weight[...].astype(jnp.float32)
+    return (y * (1.0 + w if self.plus_one else w)).astype(x.dtype)
 
 
-def rope_inv_frequencies(head_dim: int, theta: float, scaling: tuple | None = None) -> jax.Array:
-  """inv_freq_i = theta^(-2i/d), i < d/2 (Su et al., 2021). `scaling` is the hook for Llama 3.1-style
-  frequency rescaling; plain RoPE ignores it."""
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_inv_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> jax.Array:
+  """inv_freq_i = theta^(-2i/d), i < d/2 (Su et al., 2021), then rescaled per `scaling` ((key, value) pairs):
+
+    linear: inv_freq / factor (position interpolation, Chen et al., 2023).
+    llama3: wavelengths 2 pi / inv_freq longer than L / low_freq_factor are divided by `factor`, shorter
+            than L / high_freq_factor kept, and in between interpolated smoothly (L = the original
+            context length; Llama 3.1 report).
+  """
   inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # (D/2,)
-  if scaling is not None:
-    raise NotImplementedError(f"rope_scaling {scaling!r} arrives with the HF interop issue")
-  return inv
+  s = dict(scaling)
+  kind = s.get("rope_type", s.get("type", "default"))
+  if kind == "default":
+    return inv
+  if kind == "linear":
+    return inv / s["factor"]
+  if kind == "llama3":
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    context = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv  # (D/2,)
+    scaled = jnp.where(wavelen > context / low, inv / factor, inv)
+    smooth = (context / wavelen - low) / (high - low)
+    medium = (wavelen >= context / high) & (wavelen <= context / low)
+    return jnp.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+  raise ValueError(f"rope_scaling type {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
@@ -68,10 +94,14 @@ class Embed(nnx.Module):
     return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)  # (B, T, D)
 
 
-class SwiGLU(nnx.Module):
-  """MLP(x) = W_down (silu(x W_gate) * (x W_up)) (Shazeer, 2020)."""
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
 
-  def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs):
+
+class GatedMLP(nnx.Module):
+  """MLP(x) = W_down (act(x W_gate) * (x W_up)): SwiGLU with silu, GeGLU with tanh-gelu (Shazeer, 2020)."""
+
+  def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs, activation: str = "silu"):
+    self.activation = activation
     self.gate = param(rngs, (dim, hidden), ("embed", "mlp"), param_dtype)
     self.up = param(rngs, (dim, hidden), ("embed", "mlp"), param_dtype)
     self.down = param(rngs, (hidden, dim), ("mlp", "embed"), param_dtype)
@@ -81,4 +111,4 @@ class SwiGLU(nnx.Module):
     x = x.reshape(-1, shape[-1])  # (B*T, D): plain 2-D GEMMs lower best on every backend.
     g = x @ self.gate[...].astype(dt)  # (B*T, F)
     u = x @ self.up[...].astype(dt)  # (B*T, F)
-    return ((jax.nn.silu(g) * u) @ self.down[...].astype(dt)).reshape(shape)  # (B, T, D)
+    return ((ACTIVATIONS[self.activation](g) * u) @ self.down[...].astype(dt)).reshape(shape)  # (B, T, D)

@@ -1,8 +1,11 @@
-"""Decoder-only Llama-family transformer in Flax NNX.
+"""Decoder-only transformer in Flax NNX (Llama, Mistral, Qwen2/3 and Gemma 2/3 via ModelConfig switches).
 
-  h_0 = E[tokens]
-  h_{l+1} = h_l' + MLP(norm(h_l')),  h_l' = h_l + Attn(norm(h_l), positions, segment_ids)
-  logits = norm(h_L) @ E^T (tied) or @ W_out
+  h_0 = E[tokens] (* sqrt(D) for Gemma)
+  h_{l+1} = h_l' + post(MLP(norm(h_l'))),  h_l' = h_l + post(Attn(norm(h_l), positions, segment_ids))
+  logits = softcap(norm(h_L) @ E^T (tied) or @ W_out)
+
+`post` is an extra RMSNorm in Gemma 2/3 (identity otherwise); each layer's attention may be global or
+a sliding window, with its own RoPE base (Gemma 3).
 
 Inputs are tokens, `positions` (RoPE; restart at 0 per packed example) and `segment_ids` (packed
 examples never attend to each other). Layers are a list of blocks, or one stacked block scanned
@@ -19,7 +22,7 @@ from flax import nnx
 from jaxpost.models import attention as attention_lib
 from jaxpost.models import kv_cache
 from jaxpost.models.config import ModelConfig
-from jaxpost.models.layers import Embed, RMSNorm, SwiGLU, apply_rope, param, rope_inv_frequencies
+from jaxpost.models.layers import Embed, GatedMLP, RMSNorm, apply_rope, param, rope_inv_frequencies
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -28,10 +31,12 @@ REMAT_POLICIES = {
 
 
 class Attention(nnx.Module):
-  """Grouped-query self-attention with RoPE and optional q/k/v bias."""
+  """Grouped-query self-attention with RoPE, optional q/k/v bias, q/k RMSNorm, soft-capping and window."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
     self.cfg = cfg
+    self.sliding_window = cfg.layer_window(layer)
+    self.rope_theta, self.rope_scaling = cfg.layer_rope(layer)
     d, h, k, hd, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
     self.q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), pd)
     self.k = param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd)
@@ -41,6 +46,10 @@ class Attention(nnx.Module):
       self.q_bias = param(rngs, (h, hd), ("heads", "head_dim"), pd, init="zeros")
       self.k_bias = param(rngs, (k, hd), ("kv_heads", "head_dim"), pd, init="zeros")
       self.v_bias = param(rngs, (k, hd), ("kv_heads", "head_dim"), pd, init="zeros")
+    if cfg.qk_norm:
+      norm = dict(eps=cfg.norm_eps, param_dtype=pd, rngs=rngs, plus_one=cfg.norm_plus_one)
+      self.q_norm = RMSNorm(hd, **norm)
+      self.k_norm = RMSNorm(hd, **norm)
 
   def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
     """x (B, T, D) -> (B, T, D); with a cache -> ((B, T, D), (k, v) stacks with this layer's T columns written).
@@ -55,39 +64,55 @@ class Attention(nnx.Module):
     v = (x2 @ self.v[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
     if cfg.qkv_bias:
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
-    inv_freq = rope_inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = rope_inv_frequencies(cfg.head_dim, self.rope_theta, self.rope_scaling)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    options = dict(sliding_window=self.sliding_window, logit_softcap=cfg.attn_logit_softcap or None,
+                   sm_scale=cfg.attention_scale)
     if cache is not None:
       k_all, v_all = kv_cache.write_layer(cache.k, cache.v, cache.layer, cache.index, k, v)
     if cache is None or t > 1:
       out = attention_lib.attend(cfg.attention, q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                                 causal=True)  # (B, T, H, hd)
+                                 causal=True, **options)  # (B, T, H, hd)
     else:  # One query per row is memory-bound: plain XLA over the cache, whatever `cfg.attention` says.
+      visible = cache.visible
+      if self.sliding_window is not None:  # (B, S): keys within the window of this query's position.
+        visible = visible * (cache.positions > positions[:, -1:] - self.sliding_window)
+      options["sliding_window"] = None  # Columns are not positions here; the window is in `visible`.
       out = attention_lib.xla_attention(q, k_all[cache.layer], v_all[cache.layer], causal=False,
                                         q_segment_ids=jnp.ones((b, 1), jnp.int32),
-                                        kv_segment_ids=cache.visible)  # (B, 1, H, hd)
+                                        kv_segment_ids=visible.astype(jnp.int32), **options)  # (B, 1, H, hd)
     out = out.reshape(b * t, -1) @ self.o[...].astype(dt).reshape(-1, d)  # (B*T, D)
     out = out.reshape(b, t, d)
     return out if cache is None else (out, (k_all, v_all))
 
 
 class Block(nnx.Module):
-  """Pre-norm residual block: attention then SwiGLU."""
+  """Pre-norm residual block: attention then gated MLP; Gemma adds a norm on each branch's output."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    pd = cfg.weight_dtype
-    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
-    self.attn = Attention(cfg, rngs=rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
-    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, param_dtype=pd, rngs=rngs)
+  def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
+    norm = dict(eps=cfg.norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs, plus_one=cfg.norm_plus_one)
+    self.attn_norm = RMSNorm(cfg.d_model, **norm)
+    self.attn = Attention(cfg, layer, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, **norm)
+    self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, param_dtype=cfg.weight_dtype, rngs=rngs,
+                        activation=cfg.mlp_activation)
+    self.post_norms = cfg.post_norms
+    if cfg.post_norms:
+      self.post_attn_norm = RMSNorm(cfg.d_model, **norm)
+      self.post_mlp_norm = RMSNorm(cfg.d_model, **norm)
+
+  def _post(self, name: str, y):
+    return getattr(self, name)(y) if self.post_norms else y
 
   def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
     if cache is None:
-      x = x + self.attn(self.attn_norm(x), positions, segment_ids)
-      return x + self.mlp(self.mlp_norm(x))
+      x = x + self._post("post_attn_norm", self.attn(self.attn_norm(x), positions, segment_ids))
+      return x + self._post("post_mlp_norm", self.mlp(self.mlp_norm(x)))
     a, kv = self.attn(self.attn_norm(x), positions, segment_ids, cache)
-    x = x + a
-    return x + self.mlp(self.mlp_norm(x)), kv
+    x = x + self._post("post_attn_norm", a)
+    return x + self._post("post_mlp_norm", self.mlp(self.mlp_norm(x))), kv
 
 
 def _block_fn(graphdef, remat: str):
@@ -114,8 +139,8 @@ class Transformer(nnx.Module):
         return Block(cfg, rngs=rngs)
       self.blocks = stacked(rngs)  # Every param gains a leading (L,) axis.
     else:
-      self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs)
+      self.blocks = nnx.List([Block(cfg, layer, rngs=rngs) for layer in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, rngs=rngs, plus_one=cfg.norm_plus_one)
     if cfg.head == "scalar":  # Reward model / critic: r = h . w_score + b_score.
       self.score_w = param(rngs, (cfg.d_model,), ("embed",), pd, std=cfg.d_model ** -0.5)
       self.score_b = param(rngs, (), (), pd, init="zeros")
@@ -127,7 +152,7 @@ class Transformer(nnx.Module):
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
     segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-    x = self.embed(tokens, self.cfg.compute_dtype)  # (B, T, D)
+    x = self._embed(tokens)  # (B, T, D)
     if self.cfg.scan_layers:
       graphdef, state = nnx.split(self.blocks)
       fn = _block_fn(graphdef, self.cfg.remat)
@@ -147,7 +172,7 @@ class Transformer(nnx.Module):
     cache = kv_cache.write_rows(cache, segment_ids, positions)
     visible = kv_cache.visible_segment_ids(cache, positions[:, -1]) if t == 1 else None
     index = cache["index"]
-    x = self.embed(tokens, self.cfg.compute_dtype)  # (B, T, D)
+    x = self._embed(tokens)  # (B, T, D)
     k_all, v_all = cache["k"], cache["v"]
     if self.cfg.scan_layers:
       graphdef, state = nnx.split(self.blocks)
@@ -155,17 +180,23 @@ class Transformer(nnx.Module):
       def body(carry, xs):  # The cache rides in the carry so each layer's write is in place.
         h, k_all, v_all = carry
         layer_state, layer = xs
-        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible)
+        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible, cache["positions"])
         h, (k_all, v_all) = nnx.merge(graphdef, layer_state)(h, positions, segment_ids, layer_cache)
         return (h, k_all, v_all), None
 
       (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), (state, jnp.arange(self.cfg.num_layers)))
     else:
       for layer, block in enumerate(self.blocks):
-        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible)
+        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible, cache["positions"])
         x, (k_all, v_all) = block(x, positions, segment_ids, layer_cache)
     cache = kv_cache.constrain({**cache, "k": k_all, "v": v_all, "index": index + t})
     return self.final_norm(x), cache
+
+  def _embed(self, tokens):
+    x = self.embed(tokens, self.cfg.compute_dtype)  # (B, T, D)
+    if self.cfg.embed_scale:  # Gemma rounds sqrt(D) to the compute dtype before scaling.
+      x = x * jnp.asarray(self.cfg.d_model ** 0.5, x.dtype)
+    return x
 
   def unembedding(self) -> jax.Array:
     """(D, V) in the compute dtype."""
@@ -179,5 +210,10 @@ class Transformer(nnx.Module):
     return h @ self.score_w[...].astype(jnp.float32) + self.score_b[...].astype(jnp.float32)  # (B, T)
 
   def __call__(self, tokens, positions=None, segment_ids=None):
-    h = self.hidden(tokens, positions, segment_ids)  # (B, T, D)
-    return jnp.einsum("btd,dv->btv", h, self.unembedding(), preferred_element_type=jnp.float32)  # (B, T, V)
+    return self.logits(self.hidden(tokens, positions, segment_ids))  # (B, T, V)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Final-normed hidden states (..., D) -> f32 logits (..., V), soft-capped when the model says so."""
+    z = jnp.einsum("...d,dv->...v", hidden, self.unembedding(), preferred_element_type=jnp.float32)
+    cap = self.cfg.final_logit_softcap
+    return cap * jnp.tanh(z / cap) if cap else z

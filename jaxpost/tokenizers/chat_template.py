@@ -12,11 +12,12 @@ also appears in the prompt. With the sentencepiece tokenizers of this package (t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxpost.tokenizers.base import Tokenizer
+if TYPE_CHECKING:  # base.py imports this module for its ChatML defaults.
+  from jaxpost.tokenizers.base import Tokenizer
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

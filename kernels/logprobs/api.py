@@ -140,14 +140,14 @@ def token_logprobs(
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """log p(targets | hidden) without materialising [N, V] logits.
 
-  z = softcap(hidden @ w_unembed / temperature), softcap(x) = c tanh(x / c);
+  z = softcap(hidden @ w_unembed) / temperature, softcap(x) = c tanh(x / c);
   logps = z[y] - logsumexp(z);  entropy = logsumexp(z) - sum softmax(z) z.
 
   Args:
     hidden: [N, D] f32 or bf16.
     w_unembed: [D, V].
     targets: [N] int token ids (not differentiable).
-    temperature: positive Python float, divides the logits before the soft-cap.
+    temperature: positive Python float, divides the soft-capped logits (HF order).
     logit_softcap: c, or None for no soft-cap.
     return_entropy: also return the entropy of softmax(z).
     block_sizes: tile sizes; BlockSizes.get_default(impl, backend) when None.

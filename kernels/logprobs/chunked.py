@@ -54,8 +54,8 @@ class BlockSizes:
 
 # ----------------------------------------------------------------------------- block math
 def masked_logits(raw, valid, *, temperature, logit_softcap):
-  """z = softcap(raw / T) on valid columns, -inf elsewhere. raw, valid: [n, bv]."""
-  z = apply_softcap(raw / temperature, logit_softcap)
+  """z = softcap(raw) / T on valid columns, -inf elsewhere. raw, valid: [n, bv]."""
+  z = apply_softcap(raw, logit_softcap) / temperature
   return jnp.where(valid, z, -jnp.inf)
 
 
@@ -95,8 +95,8 @@ def logit_grads(z, valid, is_target, lse, a, b, g, *, temperature, logit_softcap
   z0 = jnp.where(valid, z, 0.0)
   p = jnp.exp(z - lse)  # (n, bv); 0 on masked columns
   dz = jnp.where(is_target, g, 0.0) - p * (a + b * z0)
-  if logit_softcap is not None:
-    dz = dz * (1.0 - jnp.square(z0 / logit_softcap))
+  if logit_softcap is not None:  # d softcap(r)/dr = 1 - tanh(r/c)^2, tanh(r/c) = z T / c.
+    dz = dz * (1.0 - jnp.square(z0 * temperature / logit_softcap))
   return jnp.where(valid, dz / temperature, 0.0)
 
 

@@ -1,6 +1,8 @@
 """Pure-jnp oracle for token log-probs: materialises the full [N, V] f32 logits.
 
-    z      = softcap(h @ W / T),  softcap(x) = c * tanh(x / c)   (identity when c is None)
+    z      = softcap(h @ W) / T,  softcap(x) = c * tanh(x / c)   (identity when c is None)
+
+The cap acts on the model's logits and the sampling temperature after it, as in Gemma 2 and HF.
     lse_i  = logsumexp_v z[i, v]
     logp_i = z[i, y_i] - lse_i
     H_i    = lse_i - sum_v softmax(z)[i, v] * z[i, v]
@@ -39,8 +41,8 @@ def token_logprob_stats_reference(
   # bf16 x bf16 products are exact in f32, so an f32-accumulating dot equals upcasting first;
   # HIGHEST only matters for f32 inputs (full f32 rather than bf16 passes / TF32).
   logits = jnp.dot(hidden, w_unembed, preferred_element_type=jnp.float32,
-                   precision=lax.Precision.HIGHEST) / temperature  # (N, V)
-  z = apply_softcap(logits, logit_softcap)  # (N, V)
+                   precision=lax.Precision.HIGHEST)  # (N, V)
+  z = apply_softcap(logits, logit_softcap) / temperature  # (N, V)
   lse = jax.nn.logsumexp(z, axis=-1)  # (N,)
   z_target = jnp.take_along_axis(z, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]  # (N,)
   probs = jax.nn.softmax(z, axis=-1)  # (N, V)
