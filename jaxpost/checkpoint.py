@@ -46,15 +46,19 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(workdir: str, abstract_params):
-  """Params of the latest checkpoint in another run's workdir (e.g. SFT starting from a base model).
-
-  `abstract_params`: ShapeDtypeStructs with shardings. The optimizer state there is not read."""
+def restore_params(workdir: str, abstract_params, step: int | None = None):
+  """Params of the latest (or the given) checkpoint in another run's workdir (e.g. SFT starting from a
+  base model, or an export). `abstract_params`: ShapeDtypeStructs with shardings. The optimizer state
+  there is not read."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-  step = manager.latest_step()
-  if step is None:
+  steps = manager.all_steps()
+  if not steps:
     raise FileNotFoundError(f"config.model.init_checkpoint: no checkpoint in {directory}")
+  if step is None:
+    step = manager.latest_step()
+  elif step not in steps:
+    raise FileNotFoundError(f"{directory}: no checkpoint for step {step} (saved steps: {sorted(steps)})")
   target = {"params": abstract_params}
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target),
