@@ -295,7 +295,7 @@ def load_params(path: str, cfg: ModelConfig, shardings=None, *, seed: int = 0) -
       if tuple(got) != tuple(want):
         raise CheckpointError(f"{reader.file_of(name)}: tensor {name!r} has shape {tuple(got)}, expected "
                               f"{tuple(want)} from config.json")
-      value = _to_ours(reader.get(name), shape, in_dims).astype(dtype)
+      value = _to_ours(reader.get(name), shape, in_dims).astype(dtype, copy=False)
       if cfg.scan_layers and ours[0] == "blocks":
         _set(host, ("blocks", ours[1]) + ours[2:], value)  # Stacked below, once every layer is read.
         continue

@@ -6,14 +6,14 @@ Format: an 8-byte little-endian header length N, N bytes of JSON {name: {dtype, 
 end of the header). A directory holds one `model.safetensors` or several shards listed in
 `model.safetensors.index.json` ({"weight_map": {name: shard file}}).
 
-Reading maps the file and hands out one tensor at a time, so peak host memory stays near the largest
-tensor (plus the one copy a transpose makes), whatever the checkpoint's size. bfloat16 comes through
-`ml_dtypes`, which numpy lacks.
+Reading hands out one tensor at a time, each read into its own buffer (not a memory map, whose
+resident pages would count against the process until the file is closed), so peak host memory stays
+near the largest tensor (plus the one copy a transpose makes), whatever the checkpoint's size.
+bfloat16 comes through `ml_dtypes`, which numpy lacks.
 """
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsFile:
-  """One memory-mapped .safetensors file: `keys()`, `shape(name)`, `get(name)` -> np.ndarray (read-only view)."""
+  """One .safetensors file: `keys()`, `shape(name)`, `get(name)` -> np.ndarray (a fresh buffer)."""
 
   def __init__(self, path: str):
     self.path = path
@@ -64,7 +64,6 @@ class SafetensorsFile:
         raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {self._start + end}, "
                               f"the file has {size}")
     self._file = open(path, "rb")
-    self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
 
   def keys(self) -> list[str]:
     return list(self._entries)
@@ -76,13 +75,13 @@ class SafetensorsFile:
     entry = self._entries[name]
     begin, end = entry["data_offsets"]
     dtype = np.dtype(DTYPES[entry["dtype"]]).newbyteorder("<")
-    array = np.frombuffer(self._map, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                          offset=self._start + begin)
-    return array.reshape(entry["shape"])
+    array = np.empty(entry["shape"], dtype)
+    self._file.seek(self._start + begin)
+    if self._file.readinto(memoryview(array.reshape(-1).view(np.uint8))) != end - begin:
+      raise CheckpointError(f"{self.path}: truncated while reading tensor {name!r}")
+    return array
 
   def close(self) -> None:
-    if self._map is not None:
-      self._map.close()
     self._file.close()
 
 
