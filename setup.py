@@ -17,14 +17,15 @@ INSTALL_REQUIRES = [
     "tqdm",
     "numpy",
     "math-verify",
+    "qwix",          # Quantised frozen bases for QLoRA (jaxpost/models/lora.py).
 ]
 
 EXTRAS = {
     # Test-only references: torch is pinned to the CPU wheel (plain `torch` pulls GBs of CUDA).
-    "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers"],
+    "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "peft",
+             "nbclient", "nbformat", "ipykernel", "matplotlib"],  # The last four run notebooks/quickstart.ipynb.
     "tpu": ["jax[tpu]"],
     "gpu": ["jax[cuda12]"],
-    "lora": ["qwix"],
 }
 
 setuptools.setup(

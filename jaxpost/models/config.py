@@ -56,6 +56,9 @@ class ModelConfig:
   scan_layers: bool = False
   remat: str = "none"
   head: str = "lm"            # lm: logits over the vocabulary | scalar: one score per token (reward model, critic).
+  lora_rank: int = 0                  # LoRA adapters of this rank on `lora_targets` (0 = none); see models/lora.py.
+  lora_alpha: float = 16.0            # Adapter scale alpha / rank.
+  lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
 
   def __post_init__(self):
     if self.layer_types and len(self.layer_types) != self.num_layers:
@@ -94,6 +97,10 @@ class ModelConfig:
     if self.rope_local_theta and self.all_layer_types[layer] == SLIDING:
       return self.rope_local_theta, ()
     return self.rope_theta, self.rope_scaling
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   @property
   def attention_scale(self) -> float:

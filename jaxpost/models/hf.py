@@ -373,3 +373,38 @@ def save_pretrained(model_or_cfg, path: str, params: dict | None = None, *, base
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf, f, indent=2, sort_keys=True)
   return ["config.json"] + files
+
+
+# ----------------------------------------------------------------------------- LoRA adapters (PEFT)
+
+def save_peft_adapter(cfg: ModelConfig, adapters: dict, path: str, *, base_model: str = "") -> list[str]:
+  """Writes a PEFT LoRA directory (`adapter_config.json` + `adapter_model.safetensors`) that
+  `peft.PeftModel.from_pretrained(base, path)` loads on the exported (or original) HF base model.
+
+  PEFT stores lora_A.weight (r, in) and lora_B.weight (out, r) with delta W = (alpha / r) B A; ours are
+  A (in, r) and B (r, out), so each is transposed.
+  """
+  from jaxpost.models import lora
+
+  def tensors():
+    for layer in range(cfg.num_layers):
+      for group, weights, hf_group in (("attn", lora.ATTENTION_WEIGHTS, "self_attn"), ("mlp", lora.MLP_WEIGHTS, "mlp")):
+        for name in weights:
+          if name not in cfg.lora_targets:
+            continue
+          prefix = f"base_model.model.model.layers.{layer}.{hf_group}.{lora.HF_NAMES[name]}"
+          for suffix, hf_suffix in (("_lora_a", "lora_A"), ("_lora_b", "lora_B")):
+            if cfg.scan_layers:
+              value = adapters["blocks"][group][name + suffix][layer]
+            else:
+              value = adapters["blocks"][layer][group][name + suffix]
+            yield f"{prefix}.{hf_suffix}.weight", np.asarray(jax.device_get(value)).T
+
+  os.makedirs(path, exist_ok=True)
+  safetensors_io._write_file(os.path.join(path, "adapter_model.safetensors"), list(tensors()), None)  # noqa: SLF001
+  config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+            "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+            "target_modules": [lora.HF_NAMES[t] for t in cfg.lora_targets], "base_model_name_or_path": base_model}
+  with open(os.path.join(path, "adapter_config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  return ["adapter_config.json", "adapter_model.safetensors"]

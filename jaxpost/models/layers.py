@@ -100,15 +100,20 @@ ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approx
 class GatedMLP(nnx.Module):
   """MLP(x) = W_down (act(x W_gate) * (x W_up)): SwiGLU with silu, GeGLU with tanh-gelu (Shazeer, 2020)."""
 
-  def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs, activation: str = "silu"):
+  def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs, activation: str = "silu", cfg=None):
+    from jaxpost.models import lora
     self.activation = activation
+    self.lora_scale = cfg.lora_scale if cfg is not None else 0.0
     self.gate = param(rngs, (dim, hidden), ("embed", "mlp"), param_dtype)
     self.up = param(rngs, (dim, hidden), ("embed", "mlp"), param_dtype)
     self.down = param(rngs, (hidden, dim), ("mlp", "embed"), param_dtype)
+    if cfg is not None:
+      lora.add_adapters(self, cfg, lora.MLP_WEIGHTS, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    dt, shape = x.dtype, x.shape
+    from jaxpost.models.lora import project
+    shape = x.shape
     x = x.reshape(-1, shape[-1])  # (B*T, D): plain 2-D GEMMs lower best on every backend.
-    g = x @ self.gate[...].astype(dt)  # (B*T, F)
-    u = x @ self.up[...].astype(dt)  # (B*T, F)
-    return ((ACTIVATIONS[self.activation](g) * u) @ self.down[...].astype(dt)).reshape(shape)  # (B, T, D)
+    g = project(self, "gate", x, 1, self.lora_scale)  # (B*T, F)
+    u = project(self, "up", x, 1, self.lora_scale)  # (B*T, F)
+    return project(self, "down", ACTIVATIONS[self.activation](g) * u, 1, self.lora_scale).reshape(shape)  # (B, T, D)

@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxpost.models import attention as attention_lib
 from jaxpost.models import kv_cache
+from jaxpost.models import lora
 from jaxpost.models.config import ModelConfig
 from jaxpost.models.layers import Embed, GatedMLP, RMSNorm, apply_rope, param, rope_inv_frequencies
 
@@ -50,6 +51,7 @@ class Attention(nnx.Module):
       norm = dict(eps=cfg.norm_eps, param_dtype=pd, rngs=rngs, plus_one=cfg.norm_plus_one)
       self.q_norm = RMSNorm(hd, **norm)
       self.k_norm = RMSNorm(hd, **norm)
+    lora.add_adapters(self, cfg, lora.ATTENTION_WEIGHTS, rngs)
 
   def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
     """x (B, T, D) -> (B, T, D); with a cache -> ((B, T, D), (k, v) stacks with this layer's T columns written).
@@ -59,9 +61,10 @@ class Attention(nnx.Module):
     cfg, dt = self.cfg, x.dtype
     b, t, d = x.shape
     x2 = x.reshape(b * t, d)  # 2-D GEMMs lower best on every backend.
-    q = (x2 @ self.q[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_heads, cfg.head_dim)  # (B, T, H, hd)
-    k = (x2 @ self.k[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
-    v = (x2 @ self.v[...].astype(dt).reshape(d, -1)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
+    s = cfg.lora_scale
+    q = lora.project(self, "q", x2, 1, s).reshape(b, t, cfg.num_heads, cfg.head_dim)  # (B, T, H, hd)
+    k = lora.project(self, "k", x2, 1, s).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
+    v = lora.project(self, "v", x2, 1, s).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # (B, T, K, hd)
     if cfg.qkv_bias:
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     if cfg.qk_norm:
@@ -83,7 +86,7 @@ class Attention(nnx.Module):
       out = attention_lib.xla_attention(q, k_all[cache.layer], v_all[cache.layer], causal=False,
                                         q_segment_ids=jnp.ones((b, 1), jnp.int32),
                                         kv_segment_ids=visible.astype(jnp.int32), **options)  # (B, 1, H, hd)
-    out = out.reshape(b * t, -1) @ self.o[...].astype(dt).reshape(-1, d)  # (B*T, D)
+    out = lora.project(self, "o", out.reshape(b * t, -1), 2, s)  # (B*T, D)
     out = out.reshape(b, t, d)
     return out if cache is None else (out, (k_all, v_all))
 
@@ -97,7 +100,7 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, layer, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, **norm)
     self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, param_dtype=cfg.weight_dtype, rngs=rngs,
-                        activation=cfg.mlp_activation)
+                        activation=cfg.mlp_activation, cfg=cfg)
     self.post_norms = cfg.post_norms
     if cfg.post_norms:
       self.post_attn_norm = RMSNorm(cfg.d_model, **norm)
