@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-ALGORITHMS = ("sft", "grpo")
-MODEL_FAMILIES = ("llama",)
+ALGORITHMS = ("sft", "grpo", "rm", "dpo")
+MODEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 LOGPROB_IMPLS = ("auto", "naive", "chunked", "pallas")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -22,7 +22,10 @@ class ConfigError(ValueError):
 
 def model_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.family = "llama"            # Architecture family: llama (more arrive with the HF issue).
+  c.path = ""                   # A Hugging Face model directory (config.json + safetensors): its architecture
+                                # and weights replace the fields below, except dtypes, attention, logprob_impl,
+                                # scan_layers, remat and head; its tokenizer is used when tokenizer.path is "".
+  c.family = "llama"            # Architecture family of a from-scratch model (HF models: from config.json).
   c.vocab_size = -1             # -1: take it from the tokenizer.
   c.d_model = 128               # Residual stream width D.
   c.num_layers = 2              # Transformer blocks L.
@@ -41,6 +44,39 @@ def model_config() -> ml_collections.ConfigDict:
   c.scan_layers = False         # lax.scan over stacked layers (faster compile for deep models).
   c.remat = "none"              # Rematerialisation policy per block: none | full | dots.
   c.init_checkpoint = ""        # Start from the params of this workdir's latest checkpoint.
+  c.head = "lm"                 # Output head: lm (next-token logits) | scalar (reward model; algorithm rm).
+  return c
+
+
+def dpo_config() -> ml_collections.ConfigDict:
+  """The DPO-family group (algorithm dpo); data paths hold preference records (jaxpost/data/preferences.py)."""
+  c = ml_collections.ConfigDict()
+  c.loss_type = "sigmoid"       # sigmoid (DPO) | ipo | simpo | orpo | kto (see jaxpost/algorithms/dpo.py).
+  c.beta = 0.1                  # Inverse temperature beta (ORPO: the odds-ratio weight lambda).
+  c.label_smoothing = 0.0       # sigmoid/simpo: assumed label-flip probability (conservative DPO), in [0, 0.5).
+  c.gamma = 0.5                 # simpo: target reward margin.
+  c.desirable_weight = 1.0      # kto: weight of desirable examples (lambda_D).
+  c.undesirable_weight = 1.0    # kto: weight of undesirable examples (lambda_U).
+  c.ref_logps = "precompute"    # Reference log-probs: precompute (one pass before training) | online (frozen params).
+  return c
+
+
+def rm_config() -> ml_collections.ConfigDict:
+  """The reward-model group (algorithm rm); data paths hold preference records."""
+  c = ml_collections.ConfigDict()
+  c.center_coef = 0.0           # eta of the reward-centering term eta * (r_chosen + r_rejected)^2 (0 = off).
+  return c
+
+
+def lora_config() -> ml_collections.ConfigDict:
+  """LoRA / QLoRA for every algorithm: only adapters train; the frozen base is also the reference model."""
+  c = ml_collections.ConfigDict()
+  c.rank = 0                    # Adapter rank r (0 = off: full fine-tuning).
+  c.alpha = 16.0                # Scale alpha / r on the adapter output.
+  c.dropout = 0.0               # Dropout on the adapter input (only 0 is implemented so far).
+  c.target_modules = "all"      # Comma-separated q,k,v,o,gate,up,down (or HF names q_proj,...), "all", or "re:REGEX".
+  c.base_dtype = ""             # Dtype the frozen base is kept in ("" = model.param_dtype), e.g. bfloat16.
+  c.base_quant = "none"         # Quantise the frozen base (QLoRA, via qwix): none | int8 | int4 | nf4.
   return c
 
 
@@ -81,11 +117,11 @@ def rl_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """All groups with defaults. Config files override fields; they never add new ones."""
   c = ml_collections.ConfigDict()
-  c.algorithm = "sft"           # Which loss and loop: sft (rm, dpo, grpo, ppo arrive with their issues).
+  c.algorithm = "sft"           # Which loss and loop: sft | rm | dpo (offline) | grpo (online); ppo arrives later.
   c.model = model_config()
 
   c.tokenizer = ml_collections.ConfigDict()
-  c.tokenizer.path = ""         # A sentencepiece .model file.
+  c.tokenizer.path = ""         # A sentencepiece .model file or a HF tokenizer folder ("" = model.path).
 
   c.data = ml_collections.ConfigDict()
   c.data.train_path = ""        # JSONL file(s) or glob(s), comma-separated.
@@ -119,6 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress = True       # tqdm bar on a terminal (plain lines otherwise).
 
   c.rl = rl_config()
+  c.lora = lora_config()
+  c.dpo = dpo_config()
+  c.rm = rm_config()
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1              # Data-parallel axis size (-1: whatever is left).
@@ -152,7 +191,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, "optim.schedule", ("cosine", "constant"))
   if config.algorithm == "grpo":
     _validate_rl(config)
+  if config.algorithm in ("rm", "dpo"):
+    _validate_preference(config)
+  _choice(config, "model.head", ("lm", "scalar"))
+  want_head = "scalar" if config.algorithm == "rm" else "lm"
+  _check(config.model.head == want_head, "model.head",
+         f"algorithm {config.algorithm} needs head {want_head!r}, got {config.model.head!r}")
+  _validate_lora(config)
   m = config.model
+  if m.path:
+    import os
+    _check(os.path.isfile(os.path.join(m.path, "config.json")), "model.path",
+           f"{m.path!r} is not a Hugging Face model directory (no config.json)")
   for key in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
     _check(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
   _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
@@ -210,6 +260,35 @@ def _validate_rl(config) -> None:
   _check(r.beta >= 0, "rl.beta", f"must be >= 0, got {r.beta}")
   _check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
   _check(r.temperature >= 0, "rl.temperature", f"must be >= 0, got {r.temperature}")
+
+
+def _validate_preference(config) -> None:
+  if config.algorithm == "rm":
+    _check(config.rm.center_coef >= 0, "rm.center_coef", f"must be >= 0, got {config.rm.center_coef}")
+    return
+  d = config.dpo
+  _choice(config, "dpo.loss_type", ("sigmoid", "ipo", "simpo", "orpo", "kto"))
+  _choice(config, "dpo.ref_logps", ("precompute", "online"))
+  _check(d.beta > 0, "dpo.beta", f"must be > 0, got {d.beta}")
+  _check(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {d.label_smoothing}")
+  for key in ("desirable_weight", "undesirable_weight"):
+    _check(d[key] > 0, f"dpo.{key}", f"must be > 0, got {d[key]}")
+
+
+def _validate_lora(config) -> None:
+  lo = config.lora
+  _check(lo.rank >= 0, "lora.rank", f"must be >= 0, got {lo.rank}")
+  if not lo.rank:
+    return
+  _check(lo.alpha > 0, "lora.alpha", f"must be > 0, got {lo.alpha}")
+  _check(lo.dropout == 0, "lora.dropout", f"only 0 is implemented, got {lo.dropout}")
+  _choice(config, "lora.base_quant", ("none", "int8", "int4", "nf4"))
+  _check(lo.base_dtype in ("",) + DTYPES, "lora.base_dtype", f"{lo.base_dtype!r} is not one of '', {', '.join(DTYPES)}")
+  from jaxpost.models import lora as lora_lib
+  try:
+    lora_lib.resolve_targets(lo.target_modules)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def rl_minibatch(config) -> int:

@@ -106,9 +106,10 @@ def main(argv) -> None:
   if _SFT_STEPS.value:
     sft_cfg.train.steps = _SFT_STEPS.value
   grpo_cfg = load_config("grpo")
-  grpo_cfg.data.train_path, grpo_cfg.data.eval_path, grpo_cfg.train.seed = prompts_path, eval_prompts_path, seed
+  # The demo scores every stage itself, the same way, so the loop evaluates nothing (eval_prompts_path
+  # is there for rerunning the stage alone with --config.data.eval_path).
+  grpo_cfg.data.train_path, grpo_cfg.train.seed = prompts_path, seed
   grpo_cfg.model.init_checkpoint = os.path.join(root, "sft")
-  grpo_cfg.train.eval_every = 0  # The demo scores every stage itself, the same way.
   if _GRPO_STEPS.value is not None:
     grpo_cfg.train.steps = _GRPO_STEPS.value
   tokenizer = tokenizers.load(base_cfg.tokenizer.path)

@@ -69,6 +69,13 @@ def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh), v) for k, v in local.items()}
 
 
+def global_batch_from_full(full: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """The whole global batch, the same on every process (e.g. a rollout all processes sampled) -> global
+  arrays sharded over (data, fsdp); each process places only the rows its own devices hold."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in full.items()}
+
+
 def context_row_axes(rows: int) -> tuple[tuple[str, ...], jax.sharding.AbstractMesh] | None:
   """Under `jax.set_mesh`: the (data, fsdp) axes that split `rows` evenly (empty tuple if they do not),
   and the mesh; None when there is no mesh or it has one device. Used by kernels run under shard_map."""

@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxpost import distributed  # Defines --distributed, --coordinator_address, --num_processes, --process_id.
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sft_tiny.py[:ARG].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/.")
@@ -60,8 +62,13 @@ def _parse(argv: list[str]) -> list[str]:
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax and XLA are chatty at INFO.
+  try:  # Before anything touches a device.
+    distributed.initialize_from_flags()
+  except distributed.DistributedError as e:
+    _fail(str(e))
   import jax
   from jaxpost import config as config_lib
+  from jaxpost import preemption
   from jaxpost.data.jsonl import DataError
   from jaxpost.loops import common
 
@@ -75,6 +82,9 @@ def main(argv) -> None:
     loop.run(config, _WORKDIR.value)
   except (config_lib.ConfigError, DataError, FileNotFoundError, common.NonFiniteLossError) as e:
     _fail(str(e))
+  except preemption.Preempted as e:
+    print(f"{e}; re-run the same command to resume (exit {e.code})", file=sys.stderr, flush=True)
+    raise
 
 
 def run() -> None:

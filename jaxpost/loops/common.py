@@ -11,11 +11,12 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 
 from jaxpost import checkpoint as checkpoint_lib
 from jaxpost import optim
 from jaxpost import state as state_lib
-from jaxpost.models import ModelConfig
+from jaxpost.models import ModelConfig, lora
 
 
 def split_paths(spec: str) -> list[str]:
@@ -39,6 +40,28 @@ class Setup:
   state: dict
   data_state: dict | None   # The iterator/loop state saved with the resumed checkpoint (None if fresh).
   resumed_step: int | None  # Checkpoint step resumed from (None if fresh).
+  frozen_base: dict | None = None  # Under LoRA: the frozen (maybe quantised) base; state["params"] = adapters.
+
+  def full_params(self, params: dict) -> dict:
+    """The whole model's params (what graphdef merges with) from the trained ones."""
+    return params if self.frozen_base is None else lora.join(self.frozen_base, params)
+
+  def reference_params(self, params: dict) -> dict:
+    """The frozen reference policy: under LoRA the base with adapters disabled (no second copy of the
+    weights); otherwise a copy of `params`."""
+    if self.frozen_base is None:
+      return jax.tree.map(jnp.copy, params)
+    return lora.join(self.frozen_base, lora.disabled(params))
+
+  def trainable_loss(self, loss_fn):
+    """loss_fn over the whole model -> the same loss over the trained params (adapters under LoRA)."""
+    if self.frozen_base is None:
+      return loss_fn
+    base = self.frozen_base
+
+    def adapter_loss(adapters, batch, frozen=None):
+      return loss_fn(lora.join(base, adapters), batch, frozen)
+    return adapter_loss
 
 
 MODEL_RECORD = "model.json"
@@ -51,11 +74,17 @@ def tokenizer_path(config) -> str:
 
 
 def model_config(config, vocab_size: int | None) -> ModelConfig:
-  """The architecture: from `model.path`'s config.json (training fields from config.model), else config.model."""
+  """The architecture: from `model.path`'s config.json (training fields from config.model), else config.model;
+  plus the LoRA adapters of `config.lora` (rank 0 = none)."""
   if config.model.path:
     from jaxpost.models import hf
-    return hf.config_from_pretrained(config.model.path, **{k: config.model[k] for k in TRAINING_FIELDS})
-  return ModelConfig.from_config(config.model, vocab_size=vocab_size)
+    cfg = hf.config_from_pretrained(config.model.path, **{k: config.model[k] for k in TRAINING_FIELDS})
+  else:
+    cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size)
+  if "lora" in config and config.lora.rank:
+    cfg = dataclasses.replace(cfg, lora_rank=config.lora.rank, lora_alpha=config.lora.alpha,
+                              lora_targets=lora.resolve_targets(config.lora.target_modules))
+  return cfg
 
 
 def write_model_record(workdir: str, model_cfg: ModelConfig, config) -> None:
@@ -65,7 +94,10 @@ def write_model_record(workdir: str, model_cfg: ModelConfig, config) -> None:
     return
   os.makedirs(workdir, exist_ok=True)
   record = {"model": dataclasses.asdict(model_cfg), "tokenizer": os.path.abspath(tokenizer_path(config)) if
-            tokenizer_path(config) else "", "hf_path": os.path.abspath(config.model.path) if config.model.path else ""}
+            tokenizer_path(config) else "", "hf_path": os.path.abspath(config.model.path) if config.model.path else "",
+            # What identifies a LoRA run's frozen base (its checkpoints hold only the adapters):
+            "init_checkpoint": os.path.abspath(config.model.init_checkpoint) if config.model.init_checkpoint else "",
+            "seed": config.train.seed}
   if config.model.path:
     shutil.copyfile(os.path.join(config.model.path, "config.json"), os.path.join(workdir, "hf_config.json"))
   with open(os.path.join(workdir, MODEL_RECORD), "w") as f:
@@ -85,35 +117,81 @@ def read_model_record(workdir: str) -> tuple[ModelConfig, dict]:
   return ModelConfig(**fields), record
 
 
+def base_params(model_cfg: ModelConfig, shardings, mesh, *, hf_path: str, init_checkpoint: str, seed: int, log):
+  """The starting weights without adapters: another run's checkpoint, a HF directory, or a fresh init."""
+  if init_checkpoint:
+    _, shapes, _ = state_lib.abstract_model(dataclasses.replace(model_cfg, lora_rank=0))
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                            lora.split(shardings)[0])
+    log(f"initialised params from {init_checkpoint}")
+    return checkpoint_lib.restore_params(init_checkpoint, abstract)
+  if hf_path:
+    from jaxpost.models import hf
+    log(f"loaded {model_cfg.family} weights from {hf_path}")
+    return hf.load_params(hf_path, model_cfg, shardings, seed=seed)
+  return lora.split(state_lib.init_params(dataclasses.replace(model_cfg, lora_rank=0), mesh, seed))[0]
+
+
+def fresh_adapters(model_cfg: ModelConfig, mesh, seed: int) -> dict:
+  """New adapters (B = 0) only, created sharded; XLA drops the unused base initialisation."""
+  shardings = lora.split(state_lib.param_shardings(model_cfg, mesh))[1]
+
+  def init():
+    from flax import nnx
+    from jaxpost.models import Transformer
+    params = nnx.to_pure_dict(nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(params=seed)), nnx.Param))
+    return lora.split(params)[1]
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def frozen_base(config, base: dict, log) -> dict:
+  """The LoRA base as kept for the run: cast to `lora.base_dtype`, then quantised per `lora.base_quant`."""
+  dtype = config.lora.base_dtype
+  if dtype:
+    base = jax.jit(lambda b: jax.tree.map(lambda x: x.astype(dtype), b))(base)
+  if config.lora.base_quant != "none":
+    base = jax.jit(lambda b: lora.quantize_base(b, config.lora.base_quant))(base)
+    log(f"frozen base quantised to {config.lora.base_quant} (qwix, per-output-channel scales)")
+  return base
+
+
 def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: int, log) -> Setup:
+  """Model, optimizer and sharded state. Under LoRA (`lora.rank` > 0) the state holds only the adapters
+  (and their optimizer moments); the base is loaded (again, on resume) and kept frozen in Setup.frozen_base."""
   t = config.train
   model_cfg = model_config(config, vocab_size)
+  use_lora = bool(model_cfg.lora_rank)
   graphdef, param_shapes, _ = state_lib.abstract_model(model_cfg)
   tx, schedule = optim.make_optimizer(config.optim, total_updates)
   param_shardings = state_lib.param_shardings(model_cfg, mesh)
-  shardings = state_lib.state_shardings(param_shapes, param_shardings, tx, mesh)
+  trained_shapes, trained_shardings = param_shapes, param_shardings
+  if use_lora:
+    trained_shapes, trained_shardings = lora.split(param_shapes)[1], lora.split(param_shardings)[1]
+  shardings = state_lib.state_shardings(trained_shapes, trained_shardings, tx, mesh)
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
   latest = checkpointer.latest_step()
-  data_state = None
+  data_state, base = None, None
+  source = dict(hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint, seed=t.seed, log=log)
   if latest is not None:
-    state, data_state = checkpointer.restore(latest, state_lib.abstract_state(shardings, param_shapes, tx))
+    state, data_state = checkpointer.restore(latest, state_lib.abstract_state(shardings, trained_shapes, tx))
     log(f"resuming from checkpoint step {latest} in {checkpointer.directory}")
+    if use_lora:
+      base = base_params(model_cfg, param_shardings, mesh, **source)
   else:
-    if config.model.init_checkpoint:
-      abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              param_shapes, param_shardings)
-      params = checkpoint_lib.restore_params(config.model.init_checkpoint, abstract)
-      log(f"initialised params from {config.model.init_checkpoint}")
-    elif config.model.path:
-      from jaxpost.models import hf
-      params = hf.load_params(config.model.path, model_cfg, param_shardings, seed=t.seed)
-      log(f"loaded {model_cfg.family} weights from {config.model.path}")
-    else:
-      params = state_lib.init_params(model_cfg, mesh, t.seed)
+    params = base_params(model_cfg, param_shardings, mesh, **source)
+    if use_lora:
+      base, params = params, fresh_adapters(model_cfg, mesh, t.seed)
+    elif model_cfg.head == "scalar":  # base_params is the backbone only: a reward model's head starts fresh.
+      params = lora.join(params, fresh_adapters(model_cfg, mesh, t.seed))
     state = state_lib.create_state(params, tx, shardings, t.seed)
     write_model_record(workdir, model_cfg, config)
+  if use_lora:
+    base = frozen_base(config, base, log)
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+    log(f"LoRA rank {model_cfg.lora_rank} on {','.join(model_cfg.lora_targets)}: {count(state['params']):,} "
+        f"trained params, {count(lora.split(param_shapes)[0]):,} frozen")
   return Setup(model_cfg, graphdef, tx, schedule, param_shardings, shardings, checkpointer, state, data_state,
-               latest)
+               latest, base)
 
 
 def check_finite(step: int, metrics) -> None:

@@ -1,4 +1,4 @@
-"""The offline loop (SFT today; RM and the DPO family later): batches come from JSONL files.
+"""The offline loop (SFT, reward models, the DPO family): batches come from JSONL files.
 
 Reads top to bottom: mesh -> tokenizer and data -> model and sharded state (fresh, from another
 run's params, or resumed) -> the jitted update step -> loop with metrics, eval and checkpoints.
@@ -12,44 +12,44 @@ import numpy as np
 
 from jaxpost import mesh as mesh_lib
 from jaxpost import metrics as metrics_lib
+from jaxpost import preemption
 from jaxpost import step as step_lib
-from jaxpost.algorithms import sft
+from jaxpost.algorithms import dpo, rm, sft
 from jaxpost.config import ConfigError
-from jaxpost.loops import common
+from jaxpost.loops import common, preference
 from jaxpost.loops.common import NonFiniteLossError  # noqa: F401  (re-exported)
 from jaxpost.data import pipeline
 from jaxpost import tokenizers
 
-ALGORITHMS = {"sft": sft}
+ALGORITHMS = {"sft": sft, "rm": rm, "dpo": dpo}
 
 
 def run(config, workdir: str) -> dict:
   """Trains per `config`, writing into `workdir`; returns the last logged metrics (+ eval_loss)."""
   # ---------------------------------------------------------------- Mesh
   mesh = mesh_lib.make_mesh(config)
-  with jax.set_mesh(mesh):  # Kernels inside the step find it here to run under shard_map.
-    return _train(config, workdir, mesh)
+  # SIGTERM / SIGINT: finish the step, save, raise preemption.Preempted (exit 143 / 130).
+  with jax.set_mesh(mesh), preemption.StopRequest(mesh) as stop:  # set_mesh: kernels run under shard_map.
+    return _train(config, workdir, mesh, stop)
 
 
-def _train(config, workdir: str, mesh) -> dict:
+def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   algorithm = ALGORITHMS[config.algorithm]
   t = config.train
 
   # ---------------------------------------------------------------- Tokenizer and data
-  if not config.tokenizer.path:
-    raise ConfigError("config.tokenizer.path: empty; name a sentencepiece .model file")
+  if not common.tokenizer_path(config):
+    raise ConfigError("config.tokenizer.path: empty; name a sentencepiece .model file or a HF tokenizer folder")
   if not config.data.train_path:
     raise ConfigError("config.data.train_path: empty; name a JSONL file or glob")
-  tokenizer = tokenizers.load(config.tokenizer.path)
+  tokenizer = tokenizers.load(common.tokenizer_path(config))
   data_kwargs = dict(seq_len=config.data.seq_len, pack=config.data.pack, overlong=config.data.overlong)
-  rows, data_stats = pipeline.build_dataset(common.split_paths(config.data.train_path), tokenizer, **data_kwargs)
-  process_rows = t.batch_size // jax.process_count()
-  train_iter = pipeline.make_train_iterator(rows, batch_size=process_rows, seed=t.seed, shuffle=config.data.shuffle,
-                                            process_index=jax.process_index(), process_count=jax.process_count())
-  eval_data = None
-  if config.data.eval_path:
-    eval_rows, _ = pipeline.build_dataset(common.split_paths(config.data.eval_path), tokenizer, **data_kwargs)
-    eval_data = pipeline.eval_batches(eval_rows, process_rows)
+  if config.algorithm in preference.ALGORITHMS:  # rm, dpo: one pair per row, fields (R, 2, T).
+    build = lambda paths: preference.build_dataset(config, paths, tokenizer)
+  else:
+    build = lambda paths: pipeline.build_dataset(paths, tokenizer, **data_kwargs)
+  rows, data_stats = build(common.split_paths(config.data.train_path))
+  eval_rows = build(common.split_paths(config.data.eval_path))[0] if config.data.eval_path else None
 
   # ---------------------------------------------------------------- Model and sharded state
   writer = metrics_lib.MetricsWriter(workdir, total_steps=t.steps, progress=t.progress)
@@ -57,29 +57,47 @@ def _train(config, workdir: str, mesh) -> dict:
                              log=writer.log)
   graphdef, tx, schedule, shardings = setup.graphdef, setup.tx, setup.schedule, setup.shardings
   param_shardings, checkpointer, state = setup.param_shardings, setup.checkpointer, setup.state
+  frozen = None  # What the loss reads but never trains: the DPO reference params (unless precomputed into rows).
+  if config.algorithm in preference.ALGORITHMS:
+    frozen = preference.prepare(config, mesh, setup, row_sets=[r for r in (rows, eval_rows) if r is not None])
+
+  # ---------------------------------------------------------------- Batches (rows are final: ref_logps added)
+  process_rows = t.batch_size // jax.process_count()
+  train_iter = pipeline.make_train_iterator(rows, batch_size=process_rows, seed=t.seed, shuffle=config.data.shuffle,
+                                            process_index=jax.process_index(), process_count=jax.process_count())
   if setup.data_state is not None:
     train_iter.set_state(setup.data_state)
+  eval_data = None
+  if eval_rows is not None:
+    eval_data = pipeline.eval_batches(eval_rows, process_rows, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
   model_cfg = setup.model_cfg
   start = int(state["step"])
   writer.log(f"model: {model_cfg.num_params():,} params; data: " +
              ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data_stats.items()))
 
   # ---------------------------------------------------------------- Update step
-  loss_fn = algorithm.make_loss_fn(graphdef, model_cfg.logprob_impl)
+  options = preference.loss_options(config) if config.algorithm in preference.ALGORITHMS else {}
+  # Under LoRA the step differentiates w.r.t. the adapters only; the frozen base is joined in inside.
+  loss_fn = setup.trainable_loss(algorithm.make_loss_fn(graphdef, model_cfg.logprob_impl, **options))
+  trained_shardings = shardings["params"]
   batch_shardings = mesh_lib.batch_sharding(mesh)
   train_step = jax.jit(
       step_lib.make_train_step(loss_fn, algorithm.normalizer, tx, schedule, grad_accum=t.grad_accum),
       in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, mesh_lib.replicated(mesh)),
       donate_argnums=0)
   eval_step = jax.jit(step_lib.make_eval_step(loss_fn, algorithm.normalizer),
-                      in_shardings=(param_shardings, batch_shardings, None))
+                      in_shardings=(trained_shardings, batch_shardings, None))
 
-  def evaluate(params) -> float:
+  def evaluate(params) -> dict:
     total, weight = 0.0, 0.0
     for batch in eval_data:
       s, w = eval_step(params, mesh_lib.global_batch(batch, mesh), None)
       total, weight = total + float(s), weight + float(w)
-    return total / max(weight, 1.0)
+    return {"eval_loss": total / max(weight, 1.0)}
+
+  if config.algorithm in preference.ALGORITHMS:  # Eval loss plus held-out preference accuracy.
+    evaluate = preference.make_evaluate(loss_fn, eval_data, mesh, trained_shardings, frozen, config.algorithm)
 
   def save(step: int) -> None:
     checkpointer.save(step, state, train_iter.get_state())
@@ -90,7 +108,7 @@ def _train(config, workdir: str, mesh) -> dict:
   for step in range(start + 1, t.steps + 1):
     local = next(train_iter)
     tokens += int(np.count_nonzero(local["segment_ids"])) * jax.process_count()
-    state, metrics = train_step(state, mesh_lib.global_batch(local, mesh), None)
+    state, metrics = train_step(state, mesh_lib.global_batch(local, mesh), frozen)
     if pending is not None:  # Check the previous step while this one runs: no pipeline stall.
       common.check_finite(*pending)
     pending = (step, metrics)
@@ -109,17 +127,21 @@ def _train(config, workdir: str, mesh) -> dict:
         writer.log(f"step {step}: loss {summary['loss']:.4f} < stop_at_loss {t.stop_at_loss}; stopping")
         is_last = True
     if eval_data and ((t.eval_every and step % t.eval_every == 0) or is_last):
-      summary["eval_loss"] = evaluate(state["params"])
-      writer.write(step, {"eval_loss": summary["eval_loss"]})
-    if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last:
+      eval_metrics = evaluate(state["params"])
+      summary.update(eval_metrics)
+      writer.write(step, eval_metrics)
+    preempted = not is_last and stop.should_stop()
+    if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last or preempted:
       common.check_finite(step, metrics)
       save(step)
-    if is_last:
+    if is_last or preempted:
       break
-  checkpointer.close()
+  checkpointer.close()  # Waits for the last save to be finalised.
   final = checkpointer.latest_step()
   writer.log(f"saved checkpoint step {final} in {checkpointer.directory}")
   writer.close()
+  if stop.agreed:
+    raise stop.preempted(final)
   summary["step"] = final
   return summary
 

@@ -17,6 +17,7 @@ import numpy as np
 from jaxpost import logprobs as logprobs_lib
 from jaxpost import mesh as mesh_lib
 from jaxpost import metrics as metrics_lib
+from jaxpost import preemption
 from jaxpost import rewards as rewards_lib
 from jaxpost import rollout
 from jaxpost import sampling
@@ -32,27 +33,28 @@ def run(config, workdir: str) -> dict:
   """Trains per `config` (algorithm grpo); returns the last logged metrics (+ eval accuracy)."""
   # ---------------------------------------------------------------- Mesh
   mesh = mesh_lib.make_mesh(config)
-  with jax.set_mesh(mesh):
-    return _train(config, workdir, mesh)
+  # SIGTERM / SIGINT: finish the step, save, raise preemption.Preempted (exit 143 / 130).
+  with jax.set_mesh(mesh), preemption.StopRequest(mesh) as stop:
+    return _train(config, workdir, mesh, stop)
 
 
-def _train(config, workdir: str, mesh) -> dict:
+def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   t, rl = config.train, config.rl
   rows = rl.prompts_per_step * rl.num_generations
   minibatch = rl_minibatch(config)
   updates_per_step = rl.num_epochs * rows // minibatch
 
   # ---------------------------------------------------------------- Tokenizer, prompts, rewards
-  if not config.tokenizer.path or not config.data.train_path:
+  if not common.tokenizer_path(config) or not config.data.train_path:
     raise ConfigError("config.tokenizer.path and config.data.train_path (prompt JSONL) must be set for grpo")
-  tokenizer = tokenizers.load(config.tokenizer.path)
+  tokenizer = tokenizers.load(common.tokenizer_path(config))
   prompts, prompt_stats = load_prompts(common.split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
   eval_prompts = None
   if config.data.eval_path:
     eval_prompts, _ = load_prompts(common.split_paths(config.data.eval_path), tokenizer, max_prompt_len=rl.max_prompt_len)
     eval_prompts = eval_prompts[:rl.eval_prompts]
   reward_fns = rewards_lib.combine(rl.reward_fns)
-  stop_ids = (tokenizers.chat_eos_id(tokenizer),) + ((tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
+  stop_ids = tokenizer.chat_stop_ids
   seq_len = rl.max_prompt_len + rl.max_new_tokens - 1
   rng = np.random.default_rng(t.seed)
 
@@ -153,7 +155,7 @@ def _train(config, workdir: str, mesh) -> dict:
     if rl.overlong == "filter":
       truncated = np.array([x for g in groups for x in g[4]] + [False] * (rows - len(completions)))
       batch["loss_mask"][truncated] = 0
-    device_batch = mesh_lib.global_batch(batch, mesh)
+    device_batch = mesh_lib.global_batch_from_full(batch, mesh)  # Every process built the whole batch.
     if rl.old_logps == "recompute":
       device_batch["old_logps"] = logps_fn(state["params"], device_batch)
     if ref_params is not None:
@@ -166,7 +168,7 @@ def _train(config, workdir: str, mesh) -> dict:
     advantages = np.zeros((rows,), np.float32)
     if groups:
       advantages[:len(completions)] = np.asarray(grpo.compute_advantages(group_rewards, None, rl.advantage)).reshape(-1)
-    device_batch["advantages"] = mesh_lib.global_batch({"a": advantages}, mesh)["a"]
+    device_batch["advantages"] = mesh_lib.global_batch_from_full({"a": advantages}, mesh)["a"]
 
     # Updates: num_epochs passes over shuffled minibatches.
     metrics_list = []
@@ -197,11 +199,16 @@ def _train(config, workdir: str, mesh) -> dict:
       summary.update(writer.write(step, evaluate(state["params"])))
     writer.advance()
     loop_state["step"] = step
-    if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last:
+    preempted = not is_last and stop.should_stop()
+    if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last or preempted:
       setup.checkpointer.save(step, state, dict(loop_state))
-  setup.checkpointer.close()
+    if preempted:
+      break
+  setup.checkpointer.close()  # Waits for the last save to be finalised.
   writer.log(f"saved checkpoint step {setup.checkpointer.latest_step()} in {setup.checkpointer.directory}")
   writer.close()
+  if stop.agreed:
+    raise stop.preempted(setup.checkpointer.latest_step())
   return summary
 
 

@@ -37,6 +37,7 @@ HF_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": 
             "down": "down_proj"}
 QUANT_TYPES = ("none", "int8", "int4", "nf4")
 SUFFIXES = ("_lora_a", "_lora_b")
+HEAD = ("score_w", "score_b")  # A reward model's / critic's new head trains with the adapters.
 
 
 def resolve_targets(spec: str) -> tuple[str, ...]:
@@ -103,12 +104,9 @@ def project(module: nnx.Module, name: str, x: jax.Array, in_dims: int, scale: fl
 
 # ----------------------------------------------------------------------------- params as pure dicts
 
-def is_adapter(path: tuple) -> bool:
-  return bool(path) and isinstance(path[-1], str) and path[-1].endswith(SUFFIXES)
-
-
 def split(params: dict) -> tuple[dict, dict]:
-  """(base, adapters): two pure dicts with the same nesting, disjoint leaves."""
+  """(base, trained): two pure dicts with the same nesting, disjoint leaves; trained = the adapters (and a
+  scalar head, which a reward model or critic must learn)."""
   base, adapters = {}, {}
   for key, value in params.items():
     if isinstance(value, dict):
@@ -117,7 +115,7 @@ def split(params: dict) -> tuple[dict, dict]:
         base[key] = b
       if a:
         adapters[key] = a
-    elif isinstance(key, str) and key.endswith(SUFFIXES):
+    elif isinstance(key, str) and (key.endswith(SUFFIXES) or key in HEAD):
       adapters[key] = value
     else:
       base[key] = value

@@ -7,6 +7,10 @@ A reward is `fn(completion: str, example: dict) -> float`; `example` is the prom
   NAME:WEIGHT            with a weight:                                "math:1.0,format:0.2"
   MODULE:ATTR            a user function by import path, weight 1:     "my_pkg.rewards:fn"
   MODULE:ATTR=WEIGHT     with a weight (`:WEIGHT` works too):          "my_pkg.rewards:fn=0.5"
+  rm:WORKDIR[=WEIGHT]    a trained reward model (algorithm=rm run):    "rm:/tmp/rm_tiny=0.5"
+
+A function with a `score_many(completions, examples) -> [N]` method (the reward model) is called once per
+batch, on the calling thread, instead of once per completion.
 
 There is no clash with the import path's colon: a weight is a number and a Python attribute name never
 is, so `x:1.5` is a weight and `x:fn` an attribute; `=` always introduces a weight.
@@ -49,9 +53,12 @@ class WeightedReward:
 
 
 def resolve(ref: str) -> RewardFn:
-  """A registered name, or `module.path:attr` imported."""
+  """A registered name, `rm:WORKDIR` (a reward model), or `module.path:attr` imported."""
   if ref in REWARDS:
     return REWARDS[ref]
+  if ref.startswith("rm:"):
+    from jaxpost.rewards import reward_model  # Imports the model stack only when a reward model is named.
+    return reward_model.load(ref[len("rm:"):])
   if ":" not in ref:
     raise KeyError(f"unknown reward {ref!r}: registered are {sorted(REWARDS)}; a user function is "
                    f"given as 'module.path:function'")
@@ -165,6 +172,12 @@ def _run_with_timeouts(calls: list[Callable[[], float]], timeout_s: float, max_w
   return values, status, errors
 
 
+def _batched_value(value: float, error: BaseException | None) -> float:
+  if error is not None:
+    raise error
+  return value
+
+
 def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict], timeout_s: float = 10.0, *,
                 max_workers: int | None = None):
   """Scores N completions: rewards[i] = sum_k w_k fn_k(completions[i], examples[i]).
@@ -179,7 +192,16 @@ def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict]
   if len(completions) != len(examples):
     raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
   n = len(completions)
-  calls = [functools.partial(r.fn, completions[i], examples[i]) for r in reward_fns for i in range(n)]
+  calls = []
+  for r in reward_fns:
+    if hasattr(r.fn, "score_many"):  # Batched (a reward model on device): one call, then per-item lookups.
+      try:
+        batch, error = list(r.fn.score_many(completions, examples)), None
+      except Exception as e:  # noqa: BLE001 - counted per completion below, like any reward error.
+        batch, error = [0.0] * n, e
+      calls += [functools.partial(_batched_value, batch[i], error) for i in range(n)]
+    else:
+      calls += [functools.partial(r.fn, completions[i], examples[i]) for i in range(n)]
   workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
   values, status, errors = _run_with_timeouts(calls, timeout_s, workers) if calls else ([], [], [])
   scores = np.asarray(values, np.float32).reshape(len(reward_fns), n)

@@ -1,11 +1,15 @@
 """Two-digit addition: the demo's procedural task with a verifiable answer.
 
-Pairs (a, b) with 10 <= a, b <= 99 are split once, by a fixed rule, into training pairs and held-out
-pairs ((7a + 3b) % 10 == 0: 810 of 8100 pairs), so evaluation never sees a problem the model trained on.
+Pairs (a, b) with 10 <= a, b <= 99 are split once into training pairs and held-out pairs (813 of 8100):
+a fixed random tenth of the unordered pairs, so `a + b` and `b + a` fall on the same side and evaluation
+never sees a problem the model trained on, in either order. The split is random rather than a rule on
+the digits: the earlier rule ((7a + 3b) % 10 == 0) held out exactly the pairs whose ones digits are
+equal (16 + 46), so no `d + d` ones column was ever trained and held-out accuracy measured that
+compositional jump, not arithmetic (GRPO lifted training prompts to ~60% but held-out ones to ~25%).
 Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`): without
 question lines SFT does not transfer to the chat format (seen in the prototype). At 40% the base model
-answers plain-text questions better (25.6% vs 16.2% held-out, 800 steps, seed 0) but its SFT reached
-only 3.8% (vs 21.2%), so the demo keeps 20%.
+answers plain-text questions better (25.6% vs 16.2% held-out, 800 steps, seed 0, old split) but its SFT
+reached only 3.8% (vs 21.2%), so the demo keeps 20%.
 """
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ import random
 import re
 
 PAIRS = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+_HELD_OUT_UNORDERED = frozenset(random.Random(0).sample([(a, b) for a in range(10, 100) for b in range(a, 100)], 410))
 
 
 def is_held_out(a: int, b: int) -> bool:
-  return (7 * a + 3 * b) % 10 == 0
+  return (min(a, b), max(a, b)) in _HELD_OUT_UNORDERED
 
 
 TRAIN_PAIRS = [p for p in PAIRS if not is_held_out(*p)]

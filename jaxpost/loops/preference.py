@@ -1,0 +1,102 @@
+"""The offline loop's pieces for preference algorithms (rm, dpo): pair data, loss options, the frozen
+reference, and held-out preference accuracy. `loops/offline.py` calls these; the math is in
+`algorithms/rm.py` and `algorithms/dpo.py`, the records in `data/preferences.py`.
+
+The DPO reference is the run's *initial* params (`model.init_checkpoint`'s, `model.path`'s, or the fresh
+init from `train.seed`), rebuilt the same way on resume, never the resumed params; under LoRA it is the
+frozen base with the adapters disabled (no second copy). With `dpo.ref_logps =
+precompute` its sequence log-probs are computed once for every train and eval row (stored as `ref_logps`
+(R, 2) in the rows, so they travel with each batch) and the reference params are then dropped; with
+`online` they stay on device, sharded like the params, and the loss recomputes them every step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpost import mesh as mesh_lib
+from jaxpost.algorithms import dpo
+from jaxpost.data import pipeline, preferences
+from jaxpost.loops import common
+
+ALGORITHMS = ("rm", "dpo")
+
+
+def build_dataset(config, paths: list[str], tokenizer):
+  """Preference rows (R, 2, T): KTO examples with their mismatched KL sequences for dpo.loss_type kto,
+  (chosen, rejected) pairs otherwise. Returns (rows, stats)."""
+  kwargs = dict(seq_len=config.data.seq_len, overlong=config.data.overlong)
+  if config.algorithm == "dpo" and config.dpo.loss_type == "kto":
+    return preferences.build_unpaired(paths, tokenizer, seed=config.train.seed, **kwargs)
+  return preferences.build_paired(paths, tokenizer, **kwargs)
+
+
+def loss_options(config) -> dict:
+  """Keyword arguments of `rm.make_loss_fn` / `dpo.make_loss_fn` from the config."""
+  if config.algorithm == "rm":
+    return {"center_coef": config.rm.center_coef}
+  d = config.dpo
+  return {"loss_type": d.loss_type,
+          "options": dpo.Options(beta=d.beta, label_smoothing=d.label_smoothing, gamma=d.gamma,
+                                 desirable_weight=d.desirable_weight, undesirable_weight=d.undesirable_weight)}
+
+
+def prepare(config, mesh, setup, *, row_sets: list[dict]) -> dict | None:
+  """Before the loop (after `common.setup_state`): for dpo, builds the reference and either adds
+  `ref_logps` (R, 2) to each of `row_sets` (precompute) or returns it as `frozen` (online).
+
+  Returns the `frozen` argument of the train and eval steps: {"ref_params": ...} or None."""
+  if config.algorithm != "dpo" or not dpo.needs_reference(config.dpo.loss_type):
+    return None  # (An rm workdir is described by the model.json that setup_state writes.)
+  if setup.frozen_base is not None or setup.resumed_step is None:
+    ref_params = setup.reference_params(setup.state["params"])  # Initial params (LoRA: the base, adapters off).
+  else:  # Resumed full fine-tuning: the state holds trained params; load the starting ones again.
+    ref_params = common.base_params(setup.model_cfg, setup.param_shardings, mesh, hf_path=config.model.path,
+                                    init_checkpoint=config.model.init_checkpoint, seed=config.train.seed,
+                                    log=lambda _: None)
+  if config.dpo.ref_logps == "online":
+    return {"ref_params": ref_params}
+  fn = jax.jit(dpo.make_reference_logps_fn(setup.graphdef, setup.model_cfg.logprob_impl),
+               in_shardings=(None, mesh_lib.batch_sharding(mesh)), out_shardings=mesh_lib.replicated(mesh))
+  for rows in row_sets:
+    rows["ref_logps"] = precompute_ref_logps(fn, ref_params, rows, config.train.batch_size, mesh)
+  return None
+
+
+def precompute_ref_logps(fn, ref_params, rows: dict, batch_size: int, mesh) -> np.ndarray:
+  """fn(ref_params, batch) -> (B, 2) over every row, in order -> (R, 2) f32 on every process.
+
+  Every process feeds the same global batches (the rows are the whole data set on each process)."""
+  num_rows = len(rows["inputs"])
+  out = []
+  for batch in pipeline.eval_batches({k: v for k, v in rows.items() if k != "ref_logps"}, batch_size):
+    out.append(np.asarray(fn(ref_params, jax.device_put(batch, mesh_lib.batch_sharding(mesh)))))
+  return np.concatenate(out)[:num_rows].astype(np.float32)
+
+
+def make_evaluate(loss_fn, eval_batches: list[dict], mesh, param_shardings, frozen, algorithm: str):
+  """Returns evaluate(params) -> {"eval_loss", "eval/accuracy", "eval/<metric>", ...}: means over every
+  held-out pair (padding rows weigh 0). eval/accuracy is the fraction of pairs ranked right."""
+  def eval_step(params, batch, frozen):
+    loss_sum, metric_sums = loss_fn(params, batch, frozen)
+    return loss_sum, metric_sums, jnp.sum(dpo.pair_valid(batch))
+
+  step = jax.jit(eval_step, in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh), None))
+  accuracy_key = "accuracy" if algorithm == "rm" else "rewards/accuracies"
+
+  def evaluate(params) -> dict:
+    sums, weight = {}, 0.0
+    for batch in eval_batches:
+      loss_sum, metric_sums, w = step(params, mesh_lib.global_batch(batch, mesh), frozen)
+      for k, v in {"loss": loss_sum, **metric_sums}.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+      weight += float(w)
+    means = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    result = {"eval_loss": means.pop("loss")}
+    if accuracy_key in means:
+      result["eval/accuracy"] = means.pop(accuracy_key)
+    result.update({f"eval/{k}": v for k, v in means.items()})
+    return result
+
+  return evaluate
