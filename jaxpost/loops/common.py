@@ -121,8 +121,8 @@ def base_params(model_cfg: ModelConfig, shardings, mesh, *, hf_path: str, init_c
   """The starting weights without adapters: another run's checkpoint, a HF directory, or a fresh init."""
   if init_checkpoint:
     _, shapes, _ = state_lib.abstract_model(dataclasses.replace(model_cfg, lora_rank=0))
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                            lora.split(shardings)[0])
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            lora.split(shapes)[0], lora.split(shardings)[0])  # (no scalar head: it starts fresh)
     log(f"initialised params from {init_checkpoint}")
     return checkpoint_lib.restore_params(init_checkpoint, abstract)
   if hf_path:

@@ -64,19 +64,22 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
                              total_updates=t.steps * updates_per_step, log=writer.log)
   graphdef, state, shardings = setup.graphdef, setup.state, setup.shardings
   loop_state = setup.data_state or {"step": 0, "cursor": 0, "epoch": 0}
-  # The reference policy is the starting params, frozen; with beta == 0 none is kept at all.
-  ref_params = jax.tree.map(jnp.copy, state["params"]) if rl.beta > 0 or rl.kl_in_reward else None
+  # The reference policy is the starting params, frozen (under LoRA: the base with adapters disabled, no
+  # second copy of the weights); with beta == 0 none is kept at all.
+  ref_params = setup.reference_params(state["params"]) if rl.beta > 0 or rl.kl_in_reward else None
+  full = setup.full_params  # Trained params (adapters under LoRA) -> the whole model's.
   if ref_params is not None and setup.resumed_step is not None:
     writer.log("note: the reference model is the resumed params (no separate reference checkpoint yet)")
   writer.log(f"model: {setup.model_cfg.num_params():,} params; prompts: {prompt_stats}; "
              f"{rows} rollout rows/step, {updates_per_step} updates/step")
 
   # ---------------------------------------------------------------- Update step and log-probs
-  loss_fn, normalizer = grpo.make_grpo_loss_fn(
+  policy_loss_fn, normalizer = grpo.make_grpo_loss_fn(
       graphdef, policy_loss=rl.policy_loss, aggregation=rl.aggregation, beta=0.0 if rl.kl_in_reward else rl.beta,
       kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, epsilon_low=rl.epsilon_low,
       epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None, logprob_impl=setup.model_cfg.logprob_impl,
       temperature=rl.temperature or 1.0, max_len=rl.max_new_tokens)
+  loss_fn = setup.trainable_loss(policy_loss_fn)
   batch_shardings = mesh_lib.batch_sharding(mesh)
   train_step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, setup.tx, setup.schedule,
                                                 grad_accum=t.grad_accum),
@@ -124,14 +127,14 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   # ---------------------------------------------------------------- Loop
   summary = {}
   if eval_prompts and loop_state["step"] == 0:
-    summary = writer.write(0, evaluate(state["params"]))
+    summary = writer.write(0, evaluate(full(state["params"])))
   for step in range(loop_state["step"] + 1, t.steps + 1):
     # Rollout: sample with the live params, score, keep informative groups (dynamic sampling).
     start = time.perf_counter()
     groups, reward_metrics, tries = [], {}, 0
     while len(groups) < rl.prompts_per_step and tries <= (rl.max_refills if rl.dynamic_sampling else 0):
       batch_prompts = next_prompts(rl.prompts_per_step)
-      out = sample(state["params"], batch_prompts, num_samples=rl.num_generations, temperature=rl.temperature,
+      out = sample(full(state["params"]), batch_prompts, num_samples=rl.num_generations, temperature=rl.temperature,
                    seed=t.seed * 100003 + step * 101 + tries)
       rewards, reward_metrics = score(out, batch_prompts, rl.num_generations)
       rewards = _overlong_shaping(rewards, out, rl)
@@ -157,7 +160,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
       batch["loss_mask"][truncated] = 0
     device_batch = mesh_lib.global_batch_from_full(batch, mesh)  # Every process built the whole batch.
     if rl.old_logps == "recompute":
-      device_batch["old_logps"] = logps_fn(state["params"], device_batch)
+      device_batch["old_logps"] = logps_fn(full(state["params"]), device_batch)
     if ref_params is not None:
       device_batch["ref_logps"] = logps_fn(ref_params, device_batch)
     raw_rewards = group_rewards
@@ -196,7 +199,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     if (t.log_every and step % t.log_every == 0) or is_last:
       summary = writer.write(step, values)
     if eval_prompts and ((t.eval_every and step % t.eval_every == 0) or is_last):
-      summary.update(writer.write(step, evaluate(state["params"])))
+      summary.update(writer.write(step, evaluate(full(state["params"]))))
     writer.advance()
     loop_state["step"] = step
     preempted = not is_last and stop.should_stop()

@@ -131,9 +131,10 @@ def join(base: dict, adapters: dict) -> dict:
 
 
 def disabled(adapters: dict) -> dict:
-  """Adapters with B = 0 everywhere: joined with the base they give exactly the base model (the
-  reference model of DPO / GRPO / PPO under LoRA, without a second copy of the weights)."""
-  return {k: disabled(v) if isinstance(v, dict) else (jnp.zeros_like(v) if k.endswith("_lora_b") else v)
+  """Zero adapters (fresh buffers, so they survive the train step donating the live ones): joined with
+  the base they give exactly the base model, the reference of DPO / GRPO / PPO under LoRA, without a
+  second copy of the weights. A trained head (score_w/b) is copied as it is."""
+  return {k: disabled(v) if isinstance(v, dict) else (jnp.zeros_like(v) if k.endswith(SUFFIXES) else jnp.copy(v))
           for k, v in adapters.items()}
 
 
