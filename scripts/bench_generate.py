@@ -112,6 +112,22 @@ def bench_hf(shape: dict, batch: int, prompt_len: int, new: int, iters: int):
   return seconds
 
 
+def lora_variants(cfg: ModelConfig, mesh, params, rank: int) -> dict:
+  """{"lora separate": (graphdef, params with adapters), "lora merged": (plain graphdef, folded params)};
+  the adapters are random (B != 0) so neither path can be optimised away."""
+  import dataclasses
+  from jaxpost.models import lora
+  lcfg = dataclasses.replace(cfg, lora_rank=rank)
+  graphdef, _, _ = state.abstract_model(lcfg)
+  adapters = lora.split(state.init_params(lcfg, mesh, seed=1))[1]
+  leaves, treedef = jax.tree.flatten(adapters)
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  adapters = jax.tree.unflatten(treedef, [0.01 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+  full = lora.join(params, adapters)
+  plain_graphdef, _, _ = state.abstract_model(cfg)
+  return {"lora separate": (graphdef, full), "lora merged": (plain_graphdef, jax.jit(lambda p: lora.merged(p, lcfg))(full))}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--small", action="store_true", help="tiny model, CPU-sized batches")
@@ -119,6 +135,9 @@ def main():
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--no_hf", action="store_true", help="skip the HF generate rows")
   parser.add_argument("--attention", default=None, help="prefill attention impl (default: auto; xla with --small)")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="also time LoRA adapters on every projection: as separate (x A) B matmuls "
+                           "(what the sampler does) vs merged into the weights beforehand")
   args = parser.parse_args()
 
   shape = SMALL if args.small else LLAMA_1B
@@ -139,6 +158,11 @@ def main():
     ideal = ideal_decode_seconds(cfg, batch, prompt_len, new, bandwidth)
     decode = max(total - prefill, 1e-9)
     rows.append(("jaxpost", batch, batch * new / total, 1e3 * prefill, 1e3 * decode / (new - 1), ideal / decode))
+    if args.lora_rank:
+      for engine, (g, p) in lora_variants(cfg, mesh, params, args.lora_rank).items():
+        t_total, t_prefill = bench_jaxpost(cfg, p, g, batch, prompt_len, new, args.iters)
+        d = max(t_total - t_prefill, 1e-9)
+        rows.append((engine, batch, batch * new / t_total, 1e3 * t_prefill, 1e3 * d / (new - 1), ideal / d))
     hf = None if args.no_hf else bench_hf(shape, batch, prompt_len, new, args.iters)
     if hf is not None:
       rows.append(("hf generate", batch, batch * new / hf, float("nan"), 1e3 * hf / new, ideal / hf))

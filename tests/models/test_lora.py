@@ -96,3 +96,19 @@ def test_peft_adapter_loads_in_peft_with_the_same_logits(tmp_path):
     got = model(torch.tensor(np.asarray(TOKENS))).logits.numpy()
   want = np.asarray(nnx.merge(lora_graphdef, lora.join(base, adapters))(TOKENS))
   np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_bench_lora_counts():
+  """The tiny preset (D=128, H=4 x 32, K=2 x 32, F=384, L=2), rank 4. Adapter values per layer:
+  q 128*4 + 4*128 = 1024, k and v 128*4 + 4*64 = 768 each, o 128*4 + 4*128 = 1024,
+  gate and up 128*4 + 4*384 = 2048 each, down 384*4 + 4*128 = 2048 -> 9728; two layers -> 19456."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "bench_lora.py")
+  spec = importlib.util.spec_from_file_location("bench_lora", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  plans = bench.plans("tiny", 4)
+  assert plans["lora"]["trained"] == plans["qlora"]["trained"] == 19456
+  assert plans["lora"]["frozen"] == plans["full"]["trained"]
+  assert plans["qlora"]["bytes"] < plans["lora"]["bytes"] < plans["full"]["bytes"]
