@@ -46,10 +46,10 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(workdir: str, abstract_params, step: int | None = None):
+def restore_params(workdir: str, abstract_params, step: int | None = None, *, params_key: str = ""):
   """Params of the latest (or the given) checkpoint in another run's workdir (e.g. SFT starting from a
   base model, or an export). `abstract_params`: ShapeDtypeStructs with shardings. The optimizer state
-  there is not read."""
+  there is not read. `params_key`: read the params[params_key] subtree (PPO's "policy")."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
   steps = manager.all_steps()
@@ -59,9 +59,10 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
     step = manager.latest_step()
   elif step not in steps:
     raise FileNotFoundError(f"{directory}: no checkpoint for step {step} (saved steps: {sorted(steps)})")
-  target = {"params": abstract_params}
+  target = {"params": {params_key: abstract_params} if params_key else abstract_params}
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target),
       partial_restore=True)))
   manager.close()
-  return restored["state"]["params"]
+  params = restored["state"]["params"]
+  return params[params_key] if params_key else params

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-ALGORITHMS = ("sft", "grpo", "rm", "dpo")
+ALGORITHMS = ("sft", "grpo", "rm", "dpo", "ppo")
 MODEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 LOGPROB_IMPLS = ("auto", "naive", "chunked", "pallas")
@@ -65,6 +65,18 @@ def rm_config() -> ml_collections.ConfigDict:
   """The reward-model group (algorithm rm); data paths hold preference records."""
   c = ml_collections.ConfigDict()
   c.center_coef = 0.0           # eta of the reward-centering term eta * (r_chosen + r_rejected)^2 (0 = off).
+  return c
+
+
+def ppo_config() -> ml_collections.ConfigDict:
+  """PPO with a critic (algorithm ppo); sampling, epochs, minibatches, clipping, beta and rewards come from `rl`."""
+  c = ml_collections.ConfigDict()
+  c.gamma = 1.0                 # Discount over completion tokens.
+  c.lam = 0.95                  # GAE lambda.
+  c.vf_coef = 0.1               # Weight of the value loss in the joint actor-critic loss.
+  c.value_clip = 0.2            # Clip range of the value update around the rollout-time values.
+  c.whiten_advantages = True    # Normalise GAE advantages over each rollout batch.
+  c.value_init = ""             # Critic start: "" = the policy's weights + a fresh scalar head, or a rm workdir.
   return c
 
 
@@ -155,6 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress = True       # tqdm bar on a terminal (plain lines otherwise).
 
   c.rl = rl_config()
+  c.ppo = ppo_config()
   c.lora = lora_config()
   c.dpo = dpo_config()
   c.rm = rm_config()
@@ -189,8 +202,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, "model.param_dtype", DTYPES)
   _choice(config, "data.overlong", ("truncate", "drop"))
   _choice(config, "optim.schedule", ("cosine", "constant"))
-  if config.algorithm == "grpo":
+  if config.algorithm in ("grpo", "ppo"):
     _validate_rl(config)
+  if config.algorithm == "ppo":
+    p = config.ppo
+    _check(0 < p.gamma <= 1, "ppo.gamma", f"must be in (0, 1], got {p.gamma}")
+    _check(0 <= p.lam <= 1, "ppo.lam", f"must be in [0, 1], got {p.lam}")
+    _check(p.vf_coef > 0, "ppo.vf_coef", f"must be > 0, got {p.vf_coef}")
+    _check(p.value_clip > 0, "ppo.value_clip", f"must be > 0, got {p.value_clip}")
+    _check(config.lora.rank == 0, "lora.rank", "LoRA with ppo is not implemented yet (sft, rm, dpo, grpo have it)")
   if config.algorithm in ("rm", "dpo"):
     _validate_preference(config)
   _choice(config, "model.head", ("lm", "scalar"))
@@ -235,10 +255,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       _check(num_devices % fixed == 0, f"mesh.{free[0]}", f"mesh ({shape}) does not divide {num_devices} devices")
     else:
       _check(fixed == num_devices, "mesh", f"mesh ({shape}) has {fixed} devices, but {num_devices} are present")
-    per_step = (rl_minibatch(config) if config.algorithm == "grpo" else t.batch_size) // t.grad_accum
+    online = config.algorithm in ("grpo", "ppo")
+    per_step = (rl_minibatch(config) if online else t.batch_size) // t.grad_accum
     data_ways = mesh_shape(config, num_devices)
     ways = data_ways["data"] * data_ways["fsdp"]
-    _check(per_step % ways == 0, "rl.minibatch_size" if config.algorithm == "grpo" else "train.batch_size",
+    _check(per_step % ways == 0, "rl.minibatch_size" if online else "train.batch_size",
            f"microbatch of {per_step} rows does not split over data*fsdp={ways} devices")
 
 
@@ -255,7 +276,7 @@ def _validate_rl(config) -> None:
   rows = r.prompts_per_step * r.num_generations
   mb = r.minibatch_size or rows
   _check(rows % mb == 0, "rl.minibatch_size", f"{mb} does not divide the rollout batch of {rows} rows")
-  _check(r.num_generations > 1 or r.advantage == "reinforce_pp", "rl.num_generations",
+  _check(r.num_generations > 1 or r.advantage == "reinforce_pp" or config.algorithm == "ppo", "rl.num_generations",
          f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
   _check(r.beta >= 0, "rl.beta", f"must be >= 0, got {r.beta}")
   _check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")

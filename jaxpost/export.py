@@ -73,7 +73,8 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str | None
   save = lambda cfg, params, where: hf.save_pretrained(cfg, where, params, base_config=hf_config, dtype=dtype,
                                                        max_shard_bytes=max_shard_bytes)
   if not model_cfg.lora_rank:
-    files = save(model_cfg, checkpoint.restore_params(workdir, to_abstract(shapes), step), out)
+    params = checkpoint.restore_params(workdir, to_abstract(shapes), step, params_key=record.get("params_key", ""))
+    files = save(model_cfg, params, out)
     return files + copy_tokenizer(record.get("tokenizer", ""), out)
 
   adapters = checkpoint.restore_params(workdir, to_abstract(lora.split(shapes)[1]), step)

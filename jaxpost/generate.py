@@ -94,7 +94,7 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   import jax
   from flax import nnx
-  from jaxpost import mesh as mesh_lib, sampling, tokenizers
+  from jaxpost import mesh as mesh_lib, sampling, state, tokenizers
   from jaxpost.models import ModelConfig
 
   from jaxpost.loops import common
@@ -119,6 +119,9 @@ def main(argv) -> None:
         model = hf.from_pretrained(_MODEL.value, mesh=mesh)
         graphdef, params = nnx.split(model, nnx.Param)
         params = nnx.to_pure_dict(params)
+      elif has_record:
+        graphdef = state.abstract_model(model_cfg)[0]
+        params = common.load_trained(_MODEL.value, model_cfg, record, mesh)
       else:
         graphdef, params = load_params(_MODEL.value, model_cfg, mesh)
       prompt, stop_ids = encode_prompt(_PROMPT.value, tokenizer, _CHAT.value)

@@ -77,6 +77,8 @@ def main(argv) -> None:
     config_lib.validate(config, num_devices=jax.device_count())
     if config.algorithm == "grpo":
       from jaxpost.loops import online as loop
+    elif config.algorithm == "ppo":
+      from jaxpost.loops import ppo as loop
     else:
       from jaxpost.loops import offline as loop
     loop.run(config, _WORKDIR.value)

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.d_model=64", "--config.model.mlp_dim=128", "--config.model.head_dim=16",
-        "--config.train.progress=False"]
+        "--config.model.num_layers=1", "--config.train.progress=False"]
 
 
 def _train(config: str, workdir: str, *overrides: str) -> list[dict]:

@@ -87,9 +87,10 @@ def model_config(config, vocab_size: int | None) -> ModelConfig:
   return cfg
 
 
-def write_model_record(workdir: str, model_cfg: ModelConfig, config) -> None:
+def write_model_record(workdir: str, model_cfg: ModelConfig, config, *, params_key: str = "") -> None:
   """workdir/model.json: the ModelConfig, the tokenizer and the HF source (whose config.json is kept as
-  workdir/hf_config.json so an export keeps its token ids and other fields)."""
+  workdir/hf_config.json so an export keeps its token ids and other fields). `params_key` names the
+  subtree of the checkpoint's params that holds this model (PPO: "policy", beside the critic)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -97,7 +98,7 @@ def write_model_record(workdir: str, model_cfg: ModelConfig, config) -> None:
             tokenizer_path(config) else "", "hf_path": os.path.abspath(config.model.path) if config.model.path else "",
             # What identifies a LoRA run's frozen base (its checkpoints hold only the adapters):
             "init_checkpoint": os.path.abspath(config.model.init_checkpoint) if config.model.init_checkpoint else "",
-            "seed": config.train.seed}
+            "seed": config.train.seed, "params_key": params_key}
   if config.model.path:
     shutil.copyfile(os.path.join(config.model.path, "config.json"), os.path.join(workdir, "hf_config.json"))
   with open(os.path.join(workdir, MODEL_RECORD), "w") as f:
@@ -130,6 +131,21 @@ def base_params(model_cfg: ModelConfig, shardings, mesh, *, hf_path: str, init_c
     log(f"loaded {model_cfg.family} weights from {hf_path}")
     return hf.load_params(hf_path, model_cfg, shardings, seed=seed)
   return lora.split(state_lib.init_params(dataclasses.replace(model_cfg, lora_rank=0), mesh, seed))[0]
+
+
+def load_trained(workdir: str, model_cfg: ModelConfig, record: dict, mesh, step: int | None = None) -> dict:
+  """The whole model's params from a workdir's checkpoint (with its model.json record), sharded per the
+  mesh: plain params, PPO's policy subtree, or a LoRA run's adapters joined with its rebuilt base."""
+  _, shapes, _ = state_lib.abstract_model(model_cfg)
+  shardings = state_lib.param_shardings(model_cfg, mesh)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  key = record.get("params_key", "")
+  if not model_cfg.lora_rank:
+    return checkpoint_lib.restore_params(workdir, abstract, step, params_key=key)
+  adapters = checkpoint_lib.restore_params(workdir, lora.split(abstract)[1], step, params_key=key)
+  base = base_params(model_cfg, shardings, mesh, hf_path=record["hf_path"], init_checkpoint=record["init_checkpoint"],
+                     seed=record["seed"], log=lambda _: None)
+  return lora.join(base, adapters)
 
 
 def fresh_adapters(model_cfg: ModelConfig, mesh, seed: int) -> dict:

@@ -18,15 +18,12 @@ from jaxpost import logprobs as logprobs_lib
 from jaxpost import mesh as mesh_lib
 from jaxpost import metrics as metrics_lib
 from jaxpost import preemption
-from jaxpost import rewards as rewards_lib
 from jaxpost import rollout
-from jaxpost import sampling
 from jaxpost import step as step_lib
 from jaxpost import tokenizers
 from jaxpost.algorithms import grpo
 from jaxpost.config import ConfigError, rl_minibatch
-from jaxpost.data.prompts import load_prompts
-from jaxpost.loops import common
+from jaxpost.loops import common, rollouts
 
 
 def run(config, workdir: str) -> dict:
@@ -45,16 +42,9 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   updates_per_step = rl.num_epochs * rows // minibatch
 
   # ---------------------------------------------------------------- Tokenizer, prompts, rewards
-  if not common.tokenizer_path(config) or not config.data.train_path:
-    raise ConfigError("config.tokenizer.path and config.data.train_path (prompt JSONL) must be set for grpo")
+  if not common.tokenizer_path(config):
+    raise ConfigError("config.tokenizer.path: empty; name a sentencepiece .model file or a HF tokenizer folder")
   tokenizer = tokenizers.load(common.tokenizer_path(config))
-  prompts, prompt_stats = load_prompts(common.split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
-  eval_prompts = None
-  if config.data.eval_path:
-    eval_prompts, _ = load_prompts(common.split_paths(config.data.eval_path), tokenizer, max_prompt_len=rl.max_prompt_len)
-    eval_prompts = eval_prompts[:rl.eval_prompts]
-  reward_fns = rewards_lib.combine(rl.reward_fns)
-  stop_ids = tokenizer.chat_stop_ids
   seq_len = rl.max_prompt_len + rl.max_new_tokens - 1
   rng = np.random.default_rng(t.seed)
 
@@ -63,6 +53,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   setup = common.setup_state(config, workdir, mesh, vocab_size=tokenizer.vocab_size,
                              total_updates=t.steps * updates_per_step, log=writer.log)
   graphdef, state, shardings = setup.graphdef, setup.state, setup.shardings
+  source = rollouts.Rollouts.from_config(config, tokenizer, graphdef)
   loop_state = setup.data_state or {"step": 0, "cursor": 0, "epoch": 0}
   # The reference policy is the starting params, frozen (under LoRA: the base with adapters disabled, no
   # second copy of the weights); with beta == 0 none is kept at all.
@@ -70,7 +61,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   full = setup.full_params  # Trained params (adapters under LoRA) -> the whole model's.
   if ref_params is not None and setup.resumed_step is not None:
     writer.log("note: the reference model is the resumed params (no separate reference checkpoint yet)")
-  writer.log(f"model: {setup.model_cfg.num_params():,} params; prompts: {prompt_stats}; "
+  writer.log(f"model: {setup.model_cfg.num_params():,} params; prompts: {source.prompt_stats}; "
              f"{rows} rollout rows/step, {updates_per_step} updates/step")
 
   # ---------------------------------------------------------------- Update step and log-probs
@@ -90,53 +81,19 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   logps_fn = jax.jit(functools.partial(logprobs_lib.token_logprobs, graphdef, impl=setup.model_cfg.logprob_impl,
                                        temperature=rl.temperature or 1.0))
 
-  def next_prompts(n: int) -> list[dict]:
-    """n prompts from a seeded shuffle, epoch after epoch; the position is checkpointed."""
-    out = []
-    while len(out) < n:
-      order = np.random.default_rng(t.seed + loop_state["epoch"]).permutation(len(prompts))
-      take = order[loop_state["cursor"]:loop_state["cursor"] + n - len(out)]
-      out += [prompts[i] for i in take]
-      loop_state["cursor"] += len(take)
-      if loop_state["cursor"] >= len(prompts):
-        loop_state["cursor"], loop_state["epoch"] = 0, loop_state["epoch"] + 1
-    return out
-
-  def sample(params, batch_prompts, *, num_samples, temperature, seed):
-    cfg = sampling.SamplingConfig(max_new_tokens=rl.max_new_tokens, temperature=temperature, top_k=rl.top_k,
-                                  top_p=rl.top_p, num_samples=num_samples, stop_token_ids=stop_ids, seed=seed)
-    return sampling.generate(graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
-                             pad_id=tokenizer.pad_id or 0)
-
-  def score(out, batch_prompts, num_samples):
-    texts = [tokenizer.decode([x for x in c if x not in stop_ids]) for c in out.completions()]
-    records = [batch_prompts[r // num_samples]["record"] for r in range(len(texts))]
-    return rewards_lib.score_batch(reward_fns, texts, records, timeout_s=rl.reward_timeout_s)
-
-  def evaluate(params) -> dict:
-    """Greedy accuracy (% of held-out prompts whose reward is positive) and, if asked, pass@k."""
-    out = sample(params, eval_prompts, num_samples=1, temperature=0.0, seed=0)
-    rewards, _ = score(out, eval_prompts, 1)
-    result = {"eval/accuracy": 100.0 * float(np.mean(rewards > 0))}
-    if rl.pass_k:
-      out = sample(params, eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature or 1.0, seed=1)
-      rewards, _ = score(out, eval_prompts, rl.pass_k)
-      result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean((rewards.reshape(-1, rl.pass_k) > 0).any(axis=1)))
-    return result
-
   # ---------------------------------------------------------------- Loop
   summary = {}
-  if eval_prompts and loop_state["step"] == 0:
-    summary = writer.write(0, evaluate(full(state["params"])))
+  if source.eval_prompts and loop_state["step"] == 0:
+    summary = writer.write(0, source.evaluate(full(state["params"])))
   for step in range(loop_state["step"] + 1, t.steps + 1):
     # Rollout: sample with the live params, score, keep informative groups (dynamic sampling).
     start = time.perf_counter()
     groups, reward_metrics, tries = [], {}, 0
     while len(groups) < rl.prompts_per_step and tries <= (rl.max_refills if rl.dynamic_sampling else 0):
-      batch_prompts = next_prompts(rl.prompts_per_step)
-      out = sample(full(state["params"]), batch_prompts, num_samples=rl.num_generations, temperature=rl.temperature,
-                   seed=t.seed * 100003 + step * 101 + tries)
-      rewards, reward_metrics = score(out, batch_prompts, rl.num_generations)
+      batch_prompts = source.next_prompts(rl.prompts_per_step, loop_state)
+      out = source.sample(full(state["params"]), batch_prompts, num_samples=rl.num_generations,
+                          temperature=rl.temperature, seed=t.seed * 100003 + step * 101 + tries)
+      rewards, reward_metrics = source.score(out, batch_prompts, rl.num_generations)
       rewards = _overlong_shaping(rewards, out, rl)
       for p, prompt in enumerate(batch_prompts):
         rs = slice(p * rl.num_generations, (p + 1) * rl.num_generations)
@@ -198,8 +155,8 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     is_last = step == t.steps
     if (t.log_every and step % t.log_every == 0) or is_last:
       summary = writer.write(step, values)
-    if eval_prompts and ((t.eval_every and step % t.eval_every == 0) or is_last):
-      summary.update(writer.write(step, evaluate(full(state["params"]))))
+    if source.eval_prompts and ((t.eval_every and step % t.eval_every == 0) or is_last):
+      summary.update(writer.write(step, source.evaluate(full(state["params"]))))
     writer.advance()
     loop_state["step"] = step
     preempted = not is_last and stop.should_stop()

@@ -9,8 +9,8 @@ Each (example, completion) is rendered exactly as the reward model was trained o
 user turn + the completion as the assistant turn, the score read at its closing `<|im_end|>`. Rows are
 padded to the batch's longest sequence rounded up to a multiple of 32 (few shapes, few compiles);
 `max_len` truncates longer ones. The workdir's `model.json` (written by every run) names the model config
-and tokenizer; the latest checkpoint holds the params (a full-parameter rm run: under LoRA the
-checkpoint holds only adapters and the head, which this loader does not join to a base yet).
+and tokenizer; the latest checkpoint holds the params (`loops.common.load_trained`: a LoRA run's adapters
+and head are joined to its rebuilt base).
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxpost import checkpoint as checkpoint_lib
 from jaxpost import mesh as mesh_lib
 from jaxpost import state as state_lib
 from jaxpost import tokenizers
@@ -57,10 +56,8 @@ class RewardModelScorer:
     if mesh is None:
       mesh = jax.make_mesh((len(jax.devices()), 1, 1), ("data", "fsdp", "tensor"),
                            axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    graphdef, shapes, _ = state_lib.abstract_model(model_cfg)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                            state_lib.param_shardings(model_cfg, mesh))
-    params = checkpoint_lib.restore_params(workdir, abstract)
+    graphdef, _, _ = state_lib.abstract_model(model_cfg)
+    params = common.load_trained(workdir, model_cfg, record, mesh)  # Full params; a LoRA run's joined to its base.
     return cls(graphdef, params, tokenizers.load(record["tokenizer"]), mesh=mesh, batch_size=batch_size,
                max_len=max_len)
 

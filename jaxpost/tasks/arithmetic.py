@@ -32,6 +32,14 @@ def question(a: int, b: int) -> str:
   return f"what is {a} + {b}?"
 
 
+# What comes between a question and its answer in pre-training text. A chat reply's first digit sits 6
+# tokens after the `?` (<|im_end|> \n <|im_start|> assistant \n), a plain-text one 2 tokens after: with
+# " " only, the base model's addition is tied to that offset and SFT has to relearn it (seed 0: 52% on
+# plain-text questions, 6.4% after SFT). The second separator puts the answer at the chat offset; it is
+# still plain text, so the base model never sees the chat tokens.
+ANSWER_SEPARATORS = (" ", "\nans\n")
+
+
 def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_per_record: int = 4) -> list[dict]:
   """`{"text"}` records of several arithmetic lines each."""
   rng = random.Random(seed)
@@ -40,7 +48,10 @@ def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_
     lines = []
     for _ in range(lines_per_record):
       a, b = rng.choice(TRAIN_PAIRS)
-      lines.append(f"{question(a, b)} {a + b}" if rng.random() < question_frac else f"{a} + {b} = {a + b}")
+      if rng.random() < question_frac:
+        lines.append(f"{question(a, b)}{rng.choice(ANSWER_SEPARATORS)}{a + b}")
+      else:
+        lines.append(f"{a} + {b} = {a + b}")
     records.append({"text": "\n".join(lines)})
   return records
 

@@ -1,0 +1,81 @@
+"""What the online loops (GRPO family, PPO) share: prompts dealt in a checkpointable order, sampling
+with the live params, host-side rewards, and held-out greedy accuracy."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxpost import rewards as rewards_lib
+from jaxpost import sampling
+from jaxpost.config import ConfigError
+from jaxpost.data.prompts import load_prompts
+from jaxpost.loops import common
+
+
+@dataclasses.dataclass
+class Rollouts:
+  """Prompts, tokenizer, rewards and sampling settings of an online run (config.rl)."""
+  rl: object
+  seed: int
+  tokenizer: object
+  graphdef: object
+  prompts: list
+  eval_prompts: list | None
+  prompt_stats: dict
+  reward_fns: object
+
+  @classmethod
+  def from_config(cls, config, tokenizer, graphdef) -> "Rollouts":
+    rl = config.rl
+    if not config.data.train_path:
+      raise ConfigError(f"config.data.train_path: empty; {config.algorithm} needs prompt JSONL")
+    prompts, stats = load_prompts(common.split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
+    eval_prompts = None
+    if config.data.eval_path:
+      eval_prompts, _ = load_prompts(common.split_paths(config.data.eval_path), tokenizer,
+                                     max_prompt_len=rl.max_prompt_len)
+      eval_prompts = eval_prompts[:rl.eval_prompts]
+    return cls(rl, config.train.seed, tokenizer, graphdef, prompts, eval_prompts, stats,
+               rewards_lib.combine(rl.reward_fns))
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    return self.tokenizer.chat_stop_ids
+
+  def next_prompts(self, n: int, loop_state: dict) -> list[dict]:
+    """n prompts from a seeded shuffle, epoch after epoch; the position lives in `loop_state` (checkpointed)."""
+    out = []
+    while len(out) < n:
+      order = np.random.default_rng(self.seed + loop_state["epoch"]).permutation(len(self.prompts))
+      take = order[loop_state["cursor"]:loop_state["cursor"] + n - len(out)]
+      out += [self.prompts[i] for i in take]
+      loop_state["cursor"] += len(take)
+      if loop_state["cursor"] >= len(self.prompts):
+        loop_state["cursor"], loop_state["epoch"] = 0, loop_state["epoch"] + 1
+    return out
+
+  def sample(self, params, batch_prompts, *, num_samples: int, temperature: float, seed: int):
+    rl = self.rl
+    cfg = sampling.SamplingConfig(max_new_tokens=rl.max_new_tokens, temperature=temperature, top_k=rl.top_k,
+                                  top_p=rl.top_p, num_samples=num_samples, stop_token_ids=self.stop_ids, seed=seed)
+    return sampling.generate(self.graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
+                             pad_id=self.tokenizer.pad_id or 0)
+
+  def score(self, out, batch_prompts, num_samples: int):
+    """(rewards (R,) f32, reward metrics) of sampled rows; row r belongs to prompt r // num_samples."""
+    texts = [self.tokenizer.decode([x for x in c if x not in self.stop_ids]) for c in out.completions()]
+    records = [batch_prompts[r // num_samples]["record"] for r in range(len(texts))]
+    return rewards_lib.score_batch(self.reward_fns, texts, records, timeout_s=self.rl.reward_timeout_s)
+
+  def evaluate(self, params) -> dict:
+    """Greedy accuracy (% of held-out prompts whose reward is positive) and, if asked, pass@k."""
+    rl = self.rl
+    out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0)
+    rewards, _ = self.score(out, self.eval_prompts, 1)
+    result = {"eval/accuracy": 100.0 * float(np.mean(rewards > 0))}
+    if rl.pass_k:
+      out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature or 1.0, seed=1)
+      rewards, _ = self.score(out, self.eval_prompts, rl.pass_k)
+      result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean((rewards.reshape(-1, rl.pass_k) > 0).any(axis=1)))
+    return result
