@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxpost.data.jsonl import DataError, read_jsonl
 from jaxpost.data.packing import FIELDS, OVERLONG, shift_example
-from jaxpost.tokenizers import Tokenizer, check_messages, tokenize_chat
+from jaxpost.tokenizers import Tokenizer, check_messages
 
 Rows = dict[str, np.ndarray]
 Example = tuple[np.ndarray, np.ndarray]  # tokens [L], loss_mask [L]
@@ -68,12 +68,11 @@ def _completion(obj: dict, key: str, where: str) -> list[dict]:
 
 
 def _tokenize(prompt: list[dict], completion: list[dict], tokenizer: Tokenizer, add_bos: bool) -> Example:
-  """bos + prompt (no loss) + completion (loss on assistant content and its `<|im_end|>`)."""
-  p_tokens, _ = tokenize_chat(prompt, tokenizer)
-  c_tokens, c_mask = tokenize_chat(completion, tokenizer)
-  bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-  tokens = np.concatenate([np.asarray(bos, np.int32), p_tokens, c_tokens])
-  mask = np.concatenate([np.zeros(len(bos) + len(p_tokens), np.bool_), c_mask])
+  """The conversation prompt + completion through the tokenizer's chat template (built-in ChatML, or a HF
+  folder's Jinja template): loss on the completion's assistant replies and their end-of-turn token only."""
+  tokens, mask = tokenizer.encode_chat(prompt + completion, loss_from=len(prompt))
+  if not add_bos and tokenizer.bos_id is not None and len(tokens) and tokens[0] == tokenizer.bos_id:
+    tokens, mask = tokens[1:], mask[1:]
   return tokens, mask
 
 
