@@ -29,9 +29,9 @@ def get_config(arg: str = "base"):
   c.train.progress = False
   c.optim.warmup_steps = 50
   if arg == "base":
-    c.data.seq_len = 64
-    c.train.steps = 800
-    c.train.batch_size = 32
+    c.data.seq_len = 40
+    c.train.steps = 1000
+    c.train.batch_size = 64
     c.optim.lr = 3e-3
   elif arg == "sft":
     c.data.train_path = os.path.join(ASSETS, "sft_train.jsonl")

@@ -88,7 +88,7 @@ def main(argv) -> None:
   os.makedirs(os.path.join(root, "data"))
   pretrain_path = os.path.join(root, "data", "pretrain.jsonl")
   sft_path = os.path.join(root, "data", "sft.jsonl")
-  _write_jsonl(pretrain_path, arithmetic.pretraining_records(8000, seed=seed))
+  _write_jsonl(pretrain_path, arithmetic.pretraining_records(32000, seed=seed, lines_per_record=2))
   _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1))
   problems = arithmetic.held_out_problems(_EVAL.value, seed=seed + 2)
   prompts_path = os.path.join(root, "data", "prompts.jsonl")

@@ -76,6 +76,9 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
                                                 grad_accum=t.grad_accum),
                        in_shardings=(shardings, batch_shardings, None),
                        out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  # Replicated output: every process reads the whole (R,) vector on the host, multi-host too.
+  sequence_kl = jax.jit(lambda b: jnp.sum((b["old_logps"] - b["ref_logps"]) * b["loss_mask"], axis=1),
+                        out_shardings=mesh_lib.replicated(mesh))
   select_rows = jax.jit(lambda batch, idx: jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch),
                         out_shardings=batch_shardings)
   logps_fn = jax.jit(functools.partial(logprobs_lib.token_logprobs, graphdef, impl=setup.model_cfg.logprob_impl,
@@ -122,8 +125,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
       device_batch["ref_logps"] = logps_fn(ref_params, device_batch)
     raw_rewards = group_rewards
     if rl.kl_in_reward and groups:  # r <- r - beta * sum_t (log pi_old - log pi_ref) over the completion.
-      seq_kl = np.asarray(jnp.sum((device_batch["old_logps"] - device_batch["ref_logps"]) * device_batch["loss_mask"],
-                                  axis=1))[:len(completions)]
+      seq_kl = np.asarray(sequence_kl(device_batch))[:len(completions)]
       group_rewards = group_rewards - rl.beta * seq_kl.reshape(group_rewards.shape)
     advantages = np.zeros((rows,), np.float32)
     if groups:
