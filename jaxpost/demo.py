@@ -3,7 +3,8 @@
   python -m jaxpost.demo --workdir=runs/demo [--seed=0]
 
 1. base: a 0.4M-parameter transformer pre-trained on procedural arithmetic text; it only continues text.
-2. sft:  chat SFT from the base on 400 question/answer conversations; now it answers.
+2. sft:  chat SFT from the base on 400 question/answer conversations, stopped at a loss threshold
+         (about 65 steps); now it answers, in the chat format, but only partly correctly.
 3. grpo: RL with a verifiable reward (the exact sum) from the SFT model: 16 prompts x 8 samples a step.
 All are evaluated by greedy decoding on the same held-out problems (pairs never seen in training),
 with the chat template, and the same prompt is shown answered by each.

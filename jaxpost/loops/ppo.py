@@ -75,7 +75,10 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   # ---------------------------------------------------------------- Actor, critic, sharded state
   writer = metrics_lib.MetricsWriter(workdir, total_steps=t.steps, progress=t.progress, name="ppo")
   policy_cfg = common.model_config(config, tokenizer.vocab_size)
-  value_cfg = dataclasses.replace(policy_cfg, head="scalar")
+  if pc.value_init:  # The critic takes the reward model's own architecture (it may differ from the policy's).
+    value_cfg = dataclasses.replace(common.read_model_record(pc.value_init)[0], head="scalar", lora_rank=0)
+  else:
+    value_cfg = dataclasses.replace(policy_cfg, head="scalar")
   policy_graphdef, policy_shapes, _ = state_lib.abstract_model(policy_cfg)
   value_graphdef, value_shapes, _ = state_lib.abstract_model(value_cfg)
   shapes = {"policy": policy_shapes, "value": value_shapes}

@@ -6,10 +6,11 @@ never sees a problem the model trained on, in either order. The split is random 
 the digits: the earlier rule ((7a + 3b) % 10 == 0) held out exactly the pairs whose ones digits are
 equal (16 + 46), so no `d + d` ones column was ever trained and held-out accuracy measured that
 compositional jump, not arithmetic (GRPO lifted training prompts to ~60% but held-out ones to ~25%).
-Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`): without
-question lines SFT does not transfer to the chat format (seen in the prototype). At 40% the base model
-answers plain-text questions better (25.6% vs 16.2% held-out, 800 steps, seed 0, old split) but its SFT
-reached only 3.8% (vs 21.2%), so the demo keeps 20%.
+Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`, or with the
+answer on the chat reply's offset, see ANSWER_SEPARATORS): without question lines SFT does not transfer
+to the chat format (seen in the prototype). At 40% the base model answered plain-text questions better
+(25.6% vs 16.2% held-out, 800 steps, seed 0, old split) but its SFT reached only 3.8% (vs 21.2%), so
+the demo keeps 20%.
 """
 from __future__ import annotations
 
