@@ -119,7 +119,7 @@ def main(argv) -> None:
   print("== stage 1: pre-train the base model on arithmetic text", flush=True)
   offline.run(base_cfg, os.path.join(root, "base"))
   base_acc, base_texts, base_model = evaluate(os.path.join(root, "base"), base_cfg, problems, tokenizer, mesh)
-  plain = continue_text(base_model, tokenizer, [q for q, _ in problems], n=5)
+  plain = continue_text(base_model, tokenizer, [q for q, _ in problems], n=8)  # "\nans\n" + 3 digits.
   plain_acc = 100.0 * sum(arithmetic.score(t, a) for t, (_, a) in zip(plain, problems)) / len(problems)
   print(f"base accuracy: chat prompts {base_acc:.1f}%, plain-text prompts {plain_acc:.1f}% "
         f"(it knows arithmetic, but only continues text)  [{time.perf_counter() - start:.0f}s]", flush=True)

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tokenizers"))
 
 from hf_fixtures import save_folder  # noqa: E402
-from jaxpost import checkpoint, state  # noqa: E402
+from jaxpost import checkpoint, export, state  # noqa: E402
 from jaxpost.loops import common  # noqa: E402
 from jaxpost.models import Transformer  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_sft_from_hf_directory_then_export(tmp_path):
              "--config.train.steps=3", "--config.train.log_every=1", "--config.data.seq_len=128",
              "--config.optim.lr=1e-3", "--config.optim.warmup_steps=0", "--config.train.progress=false")
   assert "loaded llama weights" in log and "saved checkpoint step 3" in log
-  _run("jaxpost.export", f"--workdir={workdir}", f"--out={out_dir}")
+  export.export(str(workdir), str(out_dir))  # (The CLI wraps this; in-process saves a JAX start-up.)
   assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(os.listdir(out_dir))
 
   exported = transformers.AutoModelForCausalLM.from_pretrained(str(out_dir)).float().eval()
@@ -75,3 +75,12 @@ def test_sft_from_hf_directory_then_export(tmp_path):
     ref = exported.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
   ref = [t for t in ref.tolist() if t != tok.eos_token_id]
   assert env_out.splitlines()[0] == tok.decode(ref)
+
+
+def test_export_cli_names_a_missing_workdir(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-m", "jaxpost.export", f"--workdir={tmp_path / 'nope'}",
+                        f"--out={tmp_path / 'out'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope' / 'model.json'}: not found (is " \
+                                                f"{tmp_path / 'nope'} a jaxpost training workdir?)"
