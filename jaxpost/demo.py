@@ -3,8 +3,7 @@
   python -m jaxpost.demo --workdir=runs/demo [--seed=0]
 
 1. base: a 0.4M-parameter transformer pre-trained on procedural arithmetic text; it only continues text.
-2. sft:  chat SFT from the base on 400 question/answer conversations, stopped at a loss threshold
-         (about 65 steps); now it answers, in the chat format, but only partly correctly.
+2. sft:  chat SFT from the base on 400 question/answer conversations; now it answers.
 3. grpo: RL with a verifiable reward (the exact sum) from the SFT model: 16 prompts x 8 samples a step.
 All are evaluated by greedy decoding on the same held-out problems (pairs never seen in training),
 with the chat template, and the same prompt is shown answered by each.
@@ -89,7 +88,7 @@ def main(argv) -> None:
   os.makedirs(os.path.join(root, "data"))
   pretrain_path = os.path.join(root, "data", "pretrain.jsonl")
   sft_path = os.path.join(root, "data", "sft.jsonl")
-  _write_jsonl(pretrain_path, arithmetic.pretraining_records(32000, seed=seed, lines_per_record=2))
+  _write_jsonl(pretrain_path, arithmetic.pretraining_records(8000, seed=seed))
   _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1))
   problems = arithmetic.held_out_problems(_EVAL.value, seed=seed + 2)
   prompts_path = os.path.join(root, "data", "prompts.jsonl")
@@ -107,10 +106,9 @@ def main(argv) -> None:
   if _SFT_STEPS.value:
     sft_cfg.train.steps = _SFT_STEPS.value
   grpo_cfg = load_config("grpo")
-  # The demo scores every stage itself, the same way, so the loop evaluates nothing (eval_prompts_path
-  # is there for rerunning the stage alone with --config.data.eval_path).
-  grpo_cfg.data.train_path, grpo_cfg.train.seed = prompts_path, seed
+  grpo_cfg.data.train_path, grpo_cfg.data.eval_path, grpo_cfg.train.seed = prompts_path, eval_prompts_path, seed
   grpo_cfg.model.init_checkpoint = os.path.join(root, "sft")
+  grpo_cfg.train.eval_every = 0  # The demo scores every stage itself, the same way.
   if _GRPO_STEPS.value is not None:
     grpo_cfg.train.steps = _GRPO_STEPS.value
   tokenizer = tokenizers.load(base_cfg.tokenizer.path)
@@ -119,7 +117,7 @@ def main(argv) -> None:
   print("== stage 1: pre-train the base model on arithmetic text", flush=True)
   offline.run(base_cfg, os.path.join(root, "base"))
   base_acc, base_texts, base_model = evaluate(os.path.join(root, "base"), base_cfg, problems, tokenizer, mesh)
-  plain = continue_text(base_model, tokenizer, [q for q, _ in problems], n=8)  # "\nans\n" + 3 digits.
+  plain = continue_text(base_model, tokenizer, [q for q, _ in problems], n=5)
   plain_acc = 100.0 * sum(arithmetic.score(t, a) for t, (_, a) in zip(plain, problems)) / len(problems)
   print(f"base accuracy: chat prompts {base_acc:.1f}%, plain-text prompts {plain_acc:.1f}% "
         f"(it knows arithmetic, but only continues text)  [{time.perf_counter() - start:.0f}s]", flush=True)

@@ -1,16 +1,11 @@
 """Two-digit addition: the demo's procedural task with a verifiable answer.
 
-Pairs (a, b) with 10 <= a, b <= 99 are split once into training pairs and held-out pairs (813 of 8100):
-a fixed random tenth of the unordered pairs, so `a + b` and `b + a` fall on the same side and evaluation
-never sees a problem the model trained on, in either order. The split is random rather than a rule on
-the digits: the earlier rule ((7a + 3b) % 10 == 0) held out exactly the pairs whose ones digits are
-equal (16 + 46), so no `d + d` ones column was ever trained and held-out accuracy measured that
-compositional jump, not arithmetic (GRPO lifted training prompts to ~60% but held-out ones to ~25%).
-Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`, or with the
-answer on the chat reply's offset, see ANSWER_SEPARATORS): without question lines SFT does not transfer
-to the chat format (seen in the prototype). At 40% the base model answered plain-text questions better
-(25.6% vs 16.2% held-out, 800 steps, seed 0, old split) but its SFT reached only 3.8% (vs 21.2%), so
-the demo keeps 20%.
+Pairs (a, b) with 10 <= a, b <= 99 are split once, by a fixed rule, into training pairs and held-out
+pairs ((7a + 3b) % 10 == 0: 810 of 8100 pairs), so evaluation never sees a problem the model trained on.
+Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`): without
+question lines SFT does not transfer to the chat format (seen in the prototype). At 40% the base model
+answers plain-text questions better (25.6% vs 16.2% held-out, 800 steps, seed 0) but its SFT reached
+only 3.8% (vs 21.2%), so the demo keeps 20%.
 """
 from __future__ import annotations
 
@@ -18,11 +13,10 @@ import random
 import re
 
 PAIRS = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-_HELD_OUT_UNORDERED = frozenset(random.Random(0).sample([(a, b) for a in range(10, 100) for b in range(a, 100)], 410))
 
 
 def is_held_out(a: int, b: int) -> bool:
-  return (min(a, b), max(a, b)) in _HELD_OUT_UNORDERED
+  return (7 * a + 3 * b) % 10 == 0
 
 
 TRAIN_PAIRS = [p for p in PAIRS if not is_held_out(*p)]
@@ -33,14 +27,6 @@ def question(a: int, b: int) -> str:
   return f"what is {a} + {b}?"
 
 
-# What comes between a question and its answer in pre-training text. A chat reply's first digit sits 6
-# tokens after the `?` (<|im_end|> \n <|im_start|> assistant \n), a plain-text one 2 tokens after: with
-# " " only, the base model's addition is tied to that offset and SFT has to relearn it (seed 0: 52% on
-# plain-text questions, 6.4% after SFT). The second separator puts the answer at the chat offset; it is
-# still plain text, so the base model never sees the chat tokens.
-ANSWER_SEPARATORS = (" ", "\nans\n")
-
-
 def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_per_record: int = 4) -> list[dict]:
   """`{"text"}` records of several arithmetic lines each."""
   rng = random.Random(seed)
@@ -49,10 +35,7 @@ def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_
     lines = []
     for _ in range(lines_per_record):
       a, b = rng.choice(TRAIN_PAIRS)
-      if rng.random() < question_frac:
-        lines.append(f"{question(a, b)}{rng.choice(ANSWER_SEPARATORS)}{a + b}")
-      else:
-        lines.append(f"{a} + {b} = {a + b}")
+      lines.append(f"{question(a, b)} {a + b}" if rng.random() < question_frac else f"{a} + {b} = {a + b}")
     records.append({"text": "\n".join(lines)})
   return records
 
