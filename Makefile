@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/python -m jaxpost.demo --workdir=runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -p no:cacheprovider --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -4,7 +4,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from jaxpost import mesh as mesh_lib, optim, state as state_lib, step as step_lib
 from jaxpost.algorithms import grpo
@@ -21,10 +20,7 @@ def starts_with_digit(completion: str, example: dict) -> float:
   return float(completion[:1].isdigit())
 
 
-@pytest.mark.parametrize("lora_rank", [0, 8])
-def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path, lora_rank):
-  """With lora_rank=8 only adapters train and the reference is the base with adapters disabled: kl is
-  0 on the first update (adapters start at B = 0) and the reward still rises."""
+def _toy_config(tmp_path):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps(r) + "\n" for r in arithmetic.prompt_records(arithmetic.TRAIN_PAIRS[:64])))
   c = base_config()
@@ -38,7 +34,11 @@ def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path, lora_rank):
   c.rl.prompts_per_step, c.rl.num_generations, c.rl.max_prompt_len, c.rl.max_new_tokens = 8, 8, 32, 3
   c.rl.beta, c.rl.old_logps = 0.1, "recompute"
   c.rl.reward_fns = "test_grpo_loop:starts_with_digit"  # A user function by import path.
-  c.lora.rank = lora_rank
+  return c
+
+
+def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path):
+  c = _toy_config(tmp_path)
   online.run(c, str(tmp_path / "run"))
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   first = records[0]
@@ -52,6 +52,17 @@ def test_grpo_raises_a_toy_reward_and_starts_on_policy(tmp_path, lora_rank):
   for key in ("reward/std", "accuracy", "entropy", "response_length/mean", "loss", "grad_norm", "rollout_time",
               "train_time", "tokens_per_sec"):
     assert key in first
+
+
+def test_grpo_with_lora_uses_the_base_as_reference(tmp_path):
+  """lora.rank=8: only adapters train; the reference is the base with adapters disabled, so the KL is
+  0 on the first update (B = 0: policy == base) and positive once the adapters have moved."""
+  c = _toy_config(tmp_path)
+  c.train.steps, c.lora.rank = 3, 8
+  online.run(c, str(tmp_path / "run"))
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"kl"' in line]
+  np.testing.assert_allclose(records[0]["kl"], 0.0, atol=1e-6)
+  assert records[-1]["kl"] > 1e-4
 
 
 def _batch(rows=8, seq=12, seed=0):

@@ -46,7 +46,7 @@ def _saved_state(workdir, step):
   return ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state")))
 
 
-def test_only_adapters_train_and_resume_equals_uninterrupted(tmp_path):
+def test_only_adapters_train_resume_equals_uninterrupted_and_exports_load(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   offline.run(_config(), straight)
   saved = _saved_state(straight, 6)
@@ -68,6 +68,7 @@ def test_only_adapters_train_and_resume_equals_uninterrupted(tmp_path):
   assert [a[s] for s in (4, 5, 6)] == [r[s] for s in (4, 5, 6)]
   for x, y in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(_saved_state(resumed, 6)["params"])):
     np.testing.assert_array_equal(x, y)
+  _check_exports(straight, tmp_path)
 
 
 def test_qlora_int8_trains(tmp_path):
@@ -77,12 +78,11 @@ def test_qlora_int8_trains(tmp_path):
   assert summary["step"] == 12
 
 
-def test_exports_load_in_transformers_and_peft(tmp_path):
+def _check_exports(workdir, tmp_path):
+  """The merged export loads in transformers and the PEFT adapter in peft, with the trained model's logits."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   peft = pytest.importorskip("peft")
-  workdir = str(tmp_path / "run")
-  offline.run(_config(steps=3), workdir)
   model_cfg, record = common.read_model_record(workdir)
   graphdef, shapes, _ = state.abstract_model(model_cfg)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -97,25 +97,33 @@ def test_decay_mask_skips_vectors():
   assert optim.decay_mask(params) == {"w": True, "norm": False}
 
 
-@pytest.mark.parametrize("attention,logprob_impl", [("pallas", "naive"), ("xla", "pallas"), ("xla", "chunked")])
-def test_kernel_implementations_match_xla_in_a_sharded_step(attention, logprob_impl):
-  """The 8-device (2, 2, 2) step with the Pallas attention kernel (interpret mode, under shard_map) or a
-  fused log-prob kernel gives the xla/naive step's loss and parameters (f32; tolerance 1e-5)."""
+_SHARDED_REFERENCE = {}
+
+
+def _sharded_one_step(attention: str, logprob_impl: str):
+  """(loss, grad_norm, params) after one 8-device (2, 2, 2) step with these implementations."""
   import dataclasses
   global MODEL
   base = MODEL
   mesh = _mesh(2, 2, 2, 8)
-  results = []
   try:
-    for attn, lp in (("xla", "naive"), (attention, logprob_impl)):
-      MODEL = dataclasses.replace(base, attention=attn, logprob_impl=lp)
-      with jax.set_mesh(mesh):
-        _, state, step = _setup(mesh)
-        state, metrics = step(state, _batch(), None)
-        results.append((float(metrics["loss"]), float(metrics["grad_norm"]), jax.device_get(state["params"])))
+    MODEL = dataclasses.replace(base, attention=attention, logprob_impl=logprob_impl)
+    with jax.set_mesh(mesh):
+      _, state, step = _setup(mesh)
+      state, metrics = step(state, _batch(), None)
+      return float(metrics["loss"]), float(metrics["grad_norm"]), jax.device_get(state["params"])
   finally:
     MODEL = base
-  (l0, g0, p0), (l1, g1, p1) = results
+
+
+@pytest.mark.parametrize("attention,logprob_impl", [("pallas", "naive"), ("xla", "pallas"), ("xla", "chunked")])
+def test_kernel_implementations_match_xla_in_a_sharded_step(attention, logprob_impl):
+  """The 8-device (2, 2, 2) step with the Pallas attention kernel (interpret mode, under shard_map) or a
+  fused log-prob kernel gives the xla/naive step's loss and parameters (f32; tolerance 1e-5)."""
+  if "ref" not in _SHARDED_REFERENCE:  # The xla/naive step, computed once per process.
+    _SHARDED_REFERENCE["ref"] = _sharded_one_step("xla", "naive")
+  l0, g0, p0 = _SHARDED_REFERENCE["ref"]
+  l1, g1, p1 = _sharded_one_step(attention, logprob_impl)
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
   np.testing.assert_allclose(g1, g0, rtol=1e-4)
   for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
