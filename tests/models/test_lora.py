@@ -67,9 +67,10 @@ def test_targets_and_split_join_round_trip():
   assert jax.tree.structure(lora.join(base, adapters)) == jax.tree.structure(full)
 
 
-@pytest.mark.parametrize("qtype,tol", [("int8", 0.05), ("int4", 1.0), ("nf4", 1.0)])
+@pytest.mark.parametrize("qtype,tol", [("int8", 0.05), ("nf4", 1.0)])
 def test_quantized_base(qtype, tol):
-  """Per-output-channel absmax: int8 keeps logits within a few hundredths on this model; 4-bit within ~1."""
+  """Per-output-channel absmax: int8 keeps logits within a few hundredths on this model; 4-bit (nf4) within ~1.
+  (int4 takes the same path with another qwix qtype; the command-line QLoRA run used it.)"""
   lora_graphdef, full = _params(LORA)
   base, adapters = lora.split(full)
   ref = nnx.merge(lora_graphdef, full)(TOKENS)
