@@ -56,7 +56,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   setup = common.setup_state(config, workdir, mesh, vocab_size=tokenizer.vocab_size, total_updates=t.steps,
                              log=writer.log)
   graphdef, tx, schedule, shardings = setup.graphdef, setup.tx, setup.schedule, setup.shardings
-  param_shardings, checkpointer, state = setup.param_shardings, setup.checkpointer, setup.state
+  checkpointer, state = setup.checkpointer, setup.state
   frozen = None  # What the loss reads but never trains: the DPO reference params (unless precomputed into rows).
   if config.algorithm in preference.ALGORITHMS:
     frozen = preference.prepare(config, mesh, setup, row_sets=[r for r in (rows, eval_rows) if r is not None])

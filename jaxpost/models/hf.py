@@ -43,7 +43,6 @@ MODEL_TYPES = {family: model_type for model_type, (family, _) in FAMILIES.items(
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 # Options left at defaults by every supported family; anything else is refused rather than ignored.
 _UNSUPPORTED_TRUE = ("mlp_bias", "use_bidirectional_attention")
-_TRAINING_FIELDS = ("dtype", "param_dtype", "attention", "logprob_impl", "scan_layers", "remat", "head")
 
 
 class UnsupportedModelError(ValueError):
