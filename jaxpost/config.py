@@ -129,7 +129,7 @@ def rl_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """All groups with defaults. Config files override fields; they never add new ones."""
   c = ml_collections.ConfigDict()
-  c.algorithm = "sft"           # Which loss and loop: sft | rm | dpo (offline) | grpo (online); ppo arrives later.
+  c.algorithm = "sft"           # Which loss and loop: sft | rm | dpo (offline) | grpo | ppo (online).
   c.model = model_config()
 
   c.tokenizer = ml_collections.ConfigDict()

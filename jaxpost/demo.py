@@ -2,11 +2,14 @@
 
   python -m jaxpost.demo --workdir=runs/demo [--seed=0]
 
-1. base: a 0.4M-parameter transformer pre-trained on procedural arithmetic text; it only continues text.
-2. sft:  chat SFT from the base on 400 question/answer conversations; now it answers.
-3. grpo: RL with a verifiable reward (the exact sum) from the SFT model: 16 prompts x 8 samples a step.
+1. base: a 0.4M-parameter transformer pre-trained on procedural arithmetic text; it learns addition,
+         and the chat format is new to it.
+2. sft:  chat SFT from the base on 400 conversations written by a sloppy teacher who never carries
+         (16 + 46 = 52); now it answers in the chat format, and makes the teacher's mistake.
+3. grpo: RL with a verifiable reward (1 for the exact sum) from the SFT model: 16 prompts x 8 samples a
+         step; it goes past its teacher, which imitation cannot.
 All are evaluated by greedy decoding on the same held-out problems (pairs never seen in training),
-with the chat template, and the same prompt is shown answered by each.
+with the chat template, and the same carrying question is shown answered by each.
 """
 from __future__ import annotations
 
@@ -88,9 +91,12 @@ def main(argv) -> None:
   os.makedirs(os.path.join(root, "data"))
   pretrain_path = os.path.join(root, "data", "pretrain.jsonl")
   sft_path = os.path.join(root, "data", "sft.jsonl")
-  _write_jsonl(pretrain_path, arithmetic.pretraining_records(8000, seed=seed))
-  _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1))
-  problems = arithmetic.held_out_problems(_EVAL.value, seed=seed + 2)
+  _write_jsonl(pretrain_path,  # One question a record: 500 steps x 64 rows x 2 packed.
+               arithmetic.pretraining_records(64000, seed=seed, question_frac=1.0, lines_per_record=1))
+  _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1, teacher="no_carry"))
+  pairs = arithmetic.held_out_pairs(_EVAL.value, seed=seed + 2)
+  problems = [(arithmetic.question(a, b), a + b) for a, b in pairs]
+  teacher_acc = 100.0 * sum(arithmetic.no_carry_sum(a, b) == a + b for a, b in pairs) / len(pairs)
   prompts_path = os.path.join(root, "data", "prompts.jsonl")
   eval_prompts_path = os.path.join(root, "data", "eval_prompts.jsonl")
   _write_jsonl(prompts_path, arithmetic.prompt_records(arithmetic.TRAIN_PAIRS))
@@ -106,9 +112,9 @@ def main(argv) -> None:
   if _SFT_STEPS.value:
     sft_cfg.train.steps = _SFT_STEPS.value
   grpo_cfg = load_config("grpo")
+  # The loop's own evaluation (eval/accuracy every 25 steps, first 200 problems) records the curve.
   grpo_cfg.data.train_path, grpo_cfg.data.eval_path, grpo_cfg.train.seed = prompts_path, eval_prompts_path, seed
   grpo_cfg.model.init_checkpoint = os.path.join(root, "sft")
-  grpo_cfg.train.eval_every = 0  # The demo scores every stage itself, the same way.
   if _GRPO_STEPS.value is not None:
     grpo_cfg.train.steps = _GRPO_STEPS.value
   tokenizer = tokenizers.load(base_cfg.tokenizer.path)
@@ -117,15 +123,17 @@ def main(argv) -> None:
   print("== stage 1: pre-train the base model on arithmetic text", flush=True)
   offline.run(base_cfg, os.path.join(root, "base"))
   base_acc, base_texts, base_model = evaluate(os.path.join(root, "base"), base_cfg, problems, tokenizer, mesh)
-  plain = continue_text(base_model, tokenizer, [q for q, _ in problems], n=5)
+  plain = continue_text(base_model, tokenizer, [q for q, _ in problems], n=8)  # "\nans\n" + 3 digits.
   plain_acc = 100.0 * sum(arithmetic.score(t, a) for t, (_, a) in zip(plain, problems)) / len(problems)
   print(f"base accuracy: chat prompts {base_acc:.1f}%, plain-text prompts {plain_acc:.1f}% "
-        f"(it knows arithmetic, but only continues text)  [{time.perf_counter() - start:.0f}s]", flush=True)
+        f"(it learnt arithmetic from text; the chat format is new to it)  [{time.perf_counter() - start:.0f}s]",
+        flush=True)
 
-  print("== stage 2: SFT on chat conversations", flush=True)
+  print("== stage 2: SFT on chat conversations from a teacher who never carries (16 + 46 = 52)", flush=True)
   offline.run(sft_cfg, os.path.join(root, "sft"))
   sft_acc, sft_texts, _ = evaluate(os.path.join(root, "sft"), sft_cfg, problems, tokenizer, mesh)
-  print(f"sft accuracy (chat prompts): {sft_acc:.1f}%  [{time.perf_counter() - start:.0f}s]", flush=True)
+  print(f"sft accuracy (chat prompts): {sft_acc:.1f}% (the teacher's own: {teacher_acc:.1f}%)  "
+        f"[{time.perf_counter() - start:.0f}s]", flush=True)
 
   grpo_acc, grpo_texts = None, None
   if grpo_cfg.train.steps:
@@ -135,17 +143,20 @@ def main(argv) -> None:
     grpo_acc, grpo_texts, _ = evaluate(os.path.join(root, "grpo"), grpo_cfg, problems, tokenizer, mesh)
     print(f"grpo accuracy (chat prompts): {grpo_acc:.1f}%  [{time.perf_counter() - start:.0f}s]", flush=True)
 
-  q, a = problems[0]
-  print(f"\nthe same held-out question, {q!r} (answer {a}):")
+  # Show a question that needs a carry: the one the teacher gets wrong.
+  shown = next((i for i, (a, b) in enumerate(pairs) if arithmetic.no_carry_sum(a, b) != a + b), 0)
+  q, a = problems[shown]
+  print(f"\nthe same held-out question, {q!r} (answer {a}; the teacher would say "
+        f"{arithmetic.no_carry_sum(*pairs[shown])}):")
   print(f"  base, as plain text  -> {q + continue_text(base_model, tokenizer, [q])[0]!r}")
-  print(f"  base, chat template  -> {base_texts[0]!r}")
-  print(f"  sft,  chat template  -> {sft_texts[0]!r}")
+  print(f"  base, chat template  -> {base_texts[shown]!r}")
+  print(f"  sft,  chat template  -> {sft_texts[shown]!r}")
   line = f"accuracy: base={base_acc:.1f} sft={sft_acc:.1f}"
   if grpo_acc is not None:
-    print(f"  grpo, chat template  -> {grpo_texts[0]!r}")
+    print(f"  grpo, chat template  -> {grpo_texts[shown]!r}")
     line += f" grpo={grpo_acc:.1f}"
-  print(f"\n{line}")
-  print(f"(percent, {len(problems)} held-out problems, seed {seed}, {time.perf_counter() - start:.0f}s)")
+  print(f"\n(percent of {len(problems)} held-out problems, seed {seed}, {time.perf_counter() - start:.0f}s)")
+  print(line)  # The last line.
 
 
 if __name__ == "__main__":

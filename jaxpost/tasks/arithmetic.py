@@ -1,11 +1,18 @@
 """Two-digit addition: the demo's procedural task with a verifiable answer.
 
-Pairs (a, b) with 10 <= a, b <= 99 are split once, by a fixed rule, into training pairs and held-out
-pairs ((7a + 3b) % 10 == 0: 810 of 8100 pairs), so evaluation never sees a problem the model trained on.
-Pre-training text is `a + b = c` lines and, 20% of the time, questions (`what is a + b? c`): without
-question lines SFT does not transfer to the chat format (seen in the prototype). At 40% the base model
-answers plain-text questions better (25.6% vs 16.2% held-out, 800 steps, seed 0) but its SFT reached
-only 3.8% (vs 21.2%), so the demo keeps 20%.
+Pairs (a, b) with 10 <= a, b <= 99 are split once into training pairs and held-out pairs (813 of 8100):
+a fixed random tenth of the unordered pairs, so `a + b` and `b + a` fall on the same side and evaluation
+never sees a problem the model trained on, in either order. (A rule on the digits would bias it: the
+earlier (7a + 3b) % 10 == 0 held out exactly the pairs with equal ones digits, 16 + 46, so that ones
+column was never trained and held-out accuracy stalled at ~25% while training prompts reached ~60%.)
+
+Pre-training text: questions `what is a + b?`, ANSWER_SEPARATOR, the sum (and optionally `a + b = c`
+lines). The separator puts the answer where a chat reply's sits, so SFT only has to map the chat tokens
+onto it (with a " " separator and 20% question lines SFT did not transfer: seed 0, 52% on plain-text
+questions, 6.4% after SFT).
+
+Teachers write the SFT replies: `exact` (a + b) or `no_carry` (the sloppy teacher who never carries,
+16 + 46 = 52: right on the 55% of problems whose ones digits sum below 10).
 """
 from __future__ import annotations
 
@@ -13,10 +20,11 @@ import random
 import re
 
 PAIRS = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+_HELD_OUT_UNORDERED = frozenset(random.Random(0).sample([(a, b) for a in range(10, 100) for b in range(a, 100)], 410))
 
 
 def is_held_out(a: int, b: int) -> bool:
-  return (7 * a + 3 * b) % 10 == 0
+  return (min(a, b), max(a, b)) in _HELD_OUT_UNORDERED
 
 
 TRAIN_PAIRS = [p for p in PAIRS if not is_held_out(*p)]
@@ -27,6 +35,12 @@ def question(a: int, b: int) -> str:
   return f"what is {a} + {b}?"
 
 
+# What comes between a question and its answer in pre-training text. A chat reply's first digit sits 6
+# tokens after the `?` (<|im_end|> \n <|im_start|> assistant \n); with this separator a plain-text one
+# does too. It is still plain text, so the base model never sees the chat tokens.
+ANSWER_SEPARATOR = "\nans\n"
+
+
 def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_per_record: int = 4) -> list[dict]:
   """`{"text"}` records of several arithmetic lines each."""
   rng = random.Random(seed)
@@ -35,27 +49,43 @@ def pretraining_records(n: int, *, seed: int, question_frac: float = 0.2, lines_
     lines = []
     for _ in range(lines_per_record):
       a, b = rng.choice(TRAIN_PAIRS)
-      lines.append(f"{question(a, b)} {a + b}" if rng.random() < question_frac else f"{a} + {b} = {a + b}")
+      if rng.random() < question_frac:
+        lines.append(f"{question(a, b)}{ANSWER_SEPARATOR}{a + b}")
+      else:
+        lines.append(f"{a} + {b} = {a + b}")
     records.append({"text": "\n".join(lines)})
   return records
 
 
-def chat_records(n: int, *, seed: int) -> list[dict]:
-  """`{"messages"}` records: the user asks, the assistant answers with the number alone."""
+def no_carry_sum(a: int, b: int) -> int:
+  """Column addition that drops the carry: tens a1 + b1, ones (a0 + b0) mod 10 (16 + 46 -> 52)."""
+  return (a // 10 + b // 10) * 10 + (a % 10 + b % 10) % 10
+
+
+TEACHERS = {"exact": lambda a, b: a + b, "no_carry": no_carry_sum}
+
+
+def chat_records(n: int, *, seed: int, teacher: str = "exact") -> list[dict]:
+  """`{"messages"}` records: the user asks, the assistant answers with the number alone, as `teacher`
+  (a TEACHERS name) computes it."""
+  answer = TEACHERS[teacher]
   rng = random.Random(seed)
   records = []
   for _ in range(n):
     a, b = rng.choice(TRAIN_PAIRS)
     records.append({"messages": [{"role": "user", "content": question(a, b)},
-                                 {"role": "assistant", "content": str(a + b)}]})
+                                 {"role": "assistant", "content": str(answer(a, b))}]})
   return records
 
 
+def held_out_pairs(n: int, *, seed: int) -> list[tuple[int, int]]:
+  """n <= 813 distinct (a, b) pairs from the held-out split, in a seeded random order."""
+  return random.Random(seed).sample(HELD_OUT_PAIRS, min(n, len(HELD_OUT_PAIRS)))
+
+
 def held_out_problems(n: int, *, seed: int) -> list[tuple[str, int]]:
-  """(question, answer) pairs from the held-out split; n <= 810 distinct problems."""
-  rng = random.Random(seed)
-  pairs = rng.sample(HELD_OUT_PAIRS, min(n, len(HELD_OUT_PAIRS)))
-  return [(question(a, b), a + b) for a, b in pairs]
+  """(question, answer) for `held_out_pairs(n, seed=seed)`."""
+  return [(question(a, b), a + b) for a, b in held_out_pairs(n, seed=seed)]
 
 
 def score(completion: str, answer: int) -> float:

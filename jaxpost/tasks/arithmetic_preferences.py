@@ -5,9 +5,8 @@ Two kinds of mistake:
               coarse cues (a sign, a magnitude below a) in ~50 CPU steps: the bundled toy set, a check of
               the reward-model and DPO pipelines rather than of arithmetic skill.
   near_miss   a + b + d with d in +-1..+-9 (kept >= 0): only the units digit tells, so ranking it means
-              computing (a + b) mod 10 -- and since `arithmetic.is_held_out` splits on the units digits,
-              on combinations never seen in training. A 0.4M-parameter model trained from scratch stays at
-              chance here for 300 steps (measured); it is the harder set for larger models.
+              computing (a + b) mod 10. A 0.4M-parameter model trained from scratch stayed at chance here
+              for 300 steps (measured); it is the harder set for larger models.
 Pairs are drawn without repetition from the train or held-out split of `jaxpost.tasks.arithmetic`.
 """
 from __future__ import annotations

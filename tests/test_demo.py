@@ -1,0 +1,47 @@
+"""`python -m jaxpost.demo` wiring, with a few steps a stage: the stages chain, the report is complete.
+
+How well the demo learns is measured by running it (README: seeds, accuracies, time), not here."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+from jaxpost.tasks import arithmetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_chains_base_sft_grpo_and_reports(tmp_path):
+  workdir = tmp_path / "demo"
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxpost.demo", f"--workdir={workdir}", "--seed=1", "--num_eval=16",
+       "--base_steps=3", "--sft_steps=2", "--grpo_steps=2"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+
+  # Each stage starts from the previous one's checkpoint, recorded in its model.json.
+  for stage, parent in (("sft", "base"), ("grpo", "sft")):
+    record = json.loads((workdir / stage / "model.json").read_text())
+    assert os.path.abspath(record["init_checkpoint"]) == os.path.abspath(workdir / parent)
+  # SFT conversations come from the teacher who never carries.
+  for line in (workdir / "data" / "sft.jsonl").read_text().splitlines():
+    user, assistant = json.loads(line)["messages"]
+    a, b = map(int, re.match(r"what is (\d+) \+ (\d+)\?", user["content"]).groups())
+    assert assistant["content"] == str(arithmetic.no_carry_sum(a, b))
+  # GRPO logged its held-out curve at step 0 and at the end.
+  curve = [json.loads(l) for l in (workdir / "grpo" / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in curve if "eval/accuracy" in m] == [0, 2]
+
+  # The shown question needs a carry, and the closing line has the three accuracies.
+  shown = re.search(r"the same held-out question, 'what is (\d+) \+ (\d+)\?' \(answer (\d+); the teacher "
+                    r"would say (\d+)\)", out)
+  a, b, answer, teacher = map(int, shown.groups())
+  assert answer == a + b and teacher == arithmetic.no_carry_sum(a, b) != answer
+  for who in ("base, as plain text", "base, chat template", "sft,  chat template", "grpo, chat template"):
+    assert f"  {who}  -> " in out
+  assert "(percent of 16 held-out problems, seed 1," in out
+  last = out.rstrip("\n").splitlines()[-1]
+  accuracies = re.fullmatch(r"accuracy: base=([\d.]+) sft=([\d.]+) grpo=([\d.]+)", last)
+  assert accuracies and all(0.0 <= float(x) <= 100.0 for x in accuracies.groups())
