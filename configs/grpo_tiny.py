@@ -1,11 +1,11 @@
 """GRPO on CPU in a couple of minutes: arithmetic prompts, 8 prompts x 8 samples a step.
 
   python -m jaxpost.train --config=configs/grpo_tiny.py --workdir=/tmp/grpo_tiny
-  python -m jaxpost.train --config=configs/grpo_tiny.py:sft --workdir=/tmp/grpo_sft   # after `make demo`
 
 Default: from random weights with a reward a random model can already earn sometimes (the reply starts
 with a digit, a user function named by import path), so the reward visibly climbs from ~0.1 to ~1.
-`:sft`: from the demo's SFT checkpoint (runs/demo/sft) with the verifiable reward (the exact sum).
+From the demo's SFT checkpoint with the verifiable reward (the exact sum), after `make demo`, use the
+demo's own stage: `--config=configs/demo.py:grpo --config.model.init_checkpoint=runs/demo/sft`.
 """
 import os
 
@@ -35,11 +35,6 @@ def get_config(arg: str = ""):
   c.rl.max_new_tokens = 5
   c.rl.reward_fns = "jaxpost.tasks.arithmetic:leading_digit_reward"
   c.rl.eval_prompts = 100
-  if arg == "sft":
-    c.model.init_checkpoint = os.path.join(ROOT, "runs", "demo", "sft")
-    c.rl.reward_fns = "exact_match"
-    c.optim.lr = 1e-4
-    c.rl.prompts_per_step = 16
-  elif arg:
-    raise ValueError(f"configs/grpo_tiny.py: unknown variant {arg!r} (known: sft)")
+  if arg:
+    raise ValueError(f"configs/grpo_tiny.py: unknown variant {arg!r} (it has none)")
   return c
