@@ -22,6 +22,8 @@ from absl import app, flags, logging
 
 from jaxpost.tasks import arithmetic
 
+TEACHER = "no_carry"  # Who writes the SFT replies (arithmetic.TEACHERS): the one who never carries.
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where data, checkpoints and metrics go (wiped first).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for data, init and data order.")
 _EVAL = flags.DEFINE_integer("num_eval", 500, "Held-out problems to evaluate on.")
@@ -93,10 +95,11 @@ def main(argv) -> None:
   sft_path = os.path.join(root, "data", "sft.jsonl")
   _write_jsonl(pretrain_path,  # One question a record: 500 steps x 64 rows x 2 packed.
                arithmetic.pretraining_records(64000, seed=seed, question_frac=1.0, lines_per_record=1))
-  _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1, teacher="no_carry"))
+  _write_jsonl(sft_path, arithmetic.chat_records(400, seed=seed + 1, teacher=TEACHER))
+  teacher = arithmetic.TEACHERS[TEACHER]
   pairs = arithmetic.held_out_pairs(_EVAL.value, seed=seed + 2)
   problems = [(arithmetic.question(a, b), a + b) for a, b in pairs]
-  teacher_acc = 100.0 * sum(arithmetic.no_carry_sum(a, b) == a + b for a, b in pairs) / len(pairs)
+  teacher_acc = 100.0 * sum(teacher(a, b) == a + b for a, b in pairs) / len(pairs)
   prompts_path = os.path.join(root, "data", "prompts.jsonl")
   eval_prompts_path = os.path.join(root, "data", "eval_prompts.jsonl")
   _write_jsonl(prompts_path, arithmetic.prompt_records(arithmetic.TRAIN_PAIRS))
@@ -144,11 +147,11 @@ def main(argv) -> None:
     print(f"grpo accuracy (chat prompts): {grpo_acc:.1f}%  [{time.perf_counter() - start:.0f}s]", flush=True)
 
   # Show a question that needs a carry: the one the teacher gets wrong.
-  shown = next((i for i, (a, b) in enumerate(pairs) if arithmetic.no_carry_sum(a, b) != a + b), 0)
+  shown = next((i for i, (a, b) in enumerate(pairs) if teacher(a, b) != a + b), 0)
   q, a = problems[shown]
   print(f"\nthe same held-out question, {q!r} (answer {a}; the teacher would say "
-        f"{arithmetic.no_carry_sum(*pairs[shown])}):")
-  print(f"  base, as plain text  -> {q + continue_text(base_model, tokenizer, [q])[0]!r}")
+        f"{teacher(*pairs[shown])}):")
+  print(f"  base, as plain text  -> {q + plain[shown]!r}")
   print(f"  base, chat template  -> {base_texts[shown]!r}")
   print(f"  sft,  chat template  -> {sft_texts[shown]!r}")
   line = f"accuracy: base={base_acc:.1f} sft={sft_acc:.1f}"
