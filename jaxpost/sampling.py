@@ -26,6 +26,7 @@ from flax import nnx
 from jaxpost.models import kv_cache
 
 PROMPT_BUCKET = 16  # Prompt buffers are padded to a multiple of this, so similar batches share a compile.
+MIN_MODEL_ROWS = 2  # The model runs on at least this many rows (see _generate: a one-row GEMV lowers badly).
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,9 +93,10 @@ def sample_logits(logits: jax.Array, key: jax.Array, sampling: SamplingConfig, *
     probs = jax.nn.softmax(logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs  # Kept iff the more likely tokens sum to < p.
     logits = jnp.where(mass_before < top_p, logits, -jnp.inf)
-  logps = jax.nn.log_softmax(logits, axis=-1)
-  choice = jax.random.categorical(key, logps, axis=-1)  # (B,)
-  logp = jnp.take_along_axis(logps, choice[:, None], axis=-1)[:, 0]
+  # log p(choice) = logit[choice] - logsumexp(logits): no (B, V) log-softmax is written, which at
+  # large batch and vocabulary is a visible share of a memory-bound decode step.
+  choice = jax.random.categorical(key, logits, axis=-1)  # (B,) argmax(logits + Gumbel noise)
+  logp = jnp.take_along_axis(logits, choice[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
   token = choice if vocab_index is None else jnp.take_along_axis(vocab_index, choice[:, None], axis=-1)[:, 0]
   return token.astype(jnp.int32), logp
 
@@ -155,18 +157,27 @@ def _positions(segment_ids):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "pad_id"))
 def _generate(graphdef, params, tokens, segment_ids, traced, *, sampling: SamplingConfig, pad_id: int):
-  """Prefill + while_loop decode. tokens, segment_ids (B, P) -> tokens, logps (B*G, N), lengths, stopped (B*G,)."""
+  """Prefill + while_loop decode. tokens, segment_ids (B, P) -> tokens, logps (B*G, N), lengths, stopped (B*G,).
+
+  A single row (B * G = 1) runs the model on two: with one, every projection is a vector-matrix dot,
+  which XLA on GPU (jax 0.11) rewrites into a multiply that writes a weight-sized temporary, then a
+  reduction (seen in the compiled H100 program). The shadow row repeats row 0's prompt and tokens;
+  only row 0 is sampled.
+  """
   key, stop_ids = traced["key"], traced["stop_ids"]
   n, g = sampling.max_new_tokens, sampling.num_samples
+  rows = tokens.shape[0] * g  # B*G sampled rows
+  shadow = MIN_MODEL_ROWS - rows if rows < MIN_MODEL_ROWS else 0
+  if shadow:
+    tokens, segment_ids = (jnp.concatenate([x, jnp.repeat(x[-1:], shadow, axis=0)]) for x in (tokens, segment_ids))
   model = nnx.merge(graphdef, params)
   tokens = kv_cache.shard_like(tokens, kv_cache.ROWS_LOGICAL)  # Rows over (data, fsdp) under a mesh.
   segment_ids = kv_cache.shard_like(segment_ids, kv_cache.ROWS_LOGICAL)
   positions = _positions(segment_ids)
   logits, cache = _prefill(model, tokens, segment_ids, positions, tokens.shape[1] + n)
   cache = kv_cache.repeat_rows(cache, g)
-  logits = jnp.repeat(logits, g, axis=0)  # (B*G, V)
-  first_position = jnp.repeat(positions[:, -1] + 1, g)  # (B*G,) position of completion token 0
-  rows = logits.shape[0]
+  logits = jnp.repeat(logits, g, axis=0)[:rows]  # (B*G, V)
+  first_position = jnp.repeat(positions[:, -1] + 1, g)  # (B*G + shadow,) position of completion token 0
 
   def emit(i, logits, done, out):
     """Samples completion token i for the rows still running and records it."""
@@ -186,8 +197,9 @@ def _generate(graphdef, params, tokens, segment_ids, traced, *, sampling: Sampli
 
   def body(carry):
     i, token, done, cache, out = carry
-    logits, cache = _decode(model, cache, token, first_position + i - 1)
-    token, done, out = emit(i, logits, done, out)
+    fed = jnp.concatenate([token, jnp.repeat(token[-1:], shadow)]) if shadow else token  # (B*G + shadow,)
+    logits, cache = _decode(model, cache, fed, first_position + i - 1)
+    token, done, out = emit(i, logits[:rows], done, out)
     return i + 1, token, done, cache, out
 
   _, _, done, _, (out_tokens, out_logps, lengths) = jax.lax.while_loop(cond, body, (1, token, done, cache, out))

@@ -153,11 +153,16 @@ def test_samples_per_prompt_are_distinct_reproducible_and_logps_match_the_traine
     np.testing.assert_allclose(out.logps[r, :out.lengths[r]], trainer[r, start:len(seq) - 1], atol=1e-4)
 
 
-def test_stream_yields_what_generate_samples():
+def test_one_prompt_and_stream_yield_what_a_batch_samples():
+  """One prompt runs the model on two rows (a shadow row, sampling.MIN_MODEL_ROWS); it must not change
+  row 0: stream's one-row host loop draws the same tokens, and greedy matches recomputation."""
   graphdef, params = _model()
   cfg = sampling.SamplingConfig(max_new_tokens=6, seed=11)
   out = sampling.generate(graphdef, params, PROMPTS[:1], cfg)
+  assert out.tokens.shape == (1, 6)
   assert list(sampling.stream(graphdef, params, PROMPTS[0], cfg)) == out.completions()[0]
+  greedy = sampling.greedy_generate(graphdef, params, PROMPTS[2:], max_new_tokens=6, stop_id=-1)
+  assert greedy[0] == _reference_greedy(graphdef, params, PROMPTS[2], 6)
 
 
 def test_sharded_params_are_read_in_place_and_sample_like_one_device():

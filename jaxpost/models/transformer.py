@@ -83,7 +83,8 @@ class Attention(nnx.Module):
       if self.sliding_window is not None:  # (B, S): keys within the window of this query's position.
         visible = visible * (cache.positions > positions[:, -1:] - self.sliding_window)
       options["sliding_window"] = None  # Columns are not positions here; the window is in `visible`.
-      out = attention_lib.xla_attention(q, k_all[cache.layer], v_all[cache.layer], causal=False,
+      keys, values = kv_cache.layer_keys_values(cache._replace(k=k_all, v=v_all))  # (B, S, K, hd)
+      out = attention_lib.xla_attention(q, keys, values, causal=False,
                                         q_segment_ids=jnp.ones((b, 1), jnp.int32),
                                         kv_segment_ids=visible.astype(jnp.int32), **options)  # (B, 1, H, hd)
     out = lora.project(self, "o", out.reshape(b * t, -1), 2, s)  # (B*T, D)
@@ -188,10 +189,12 @@ class Transformer(nnx.Module):
         return (h, k_all, v_all), None
 
       (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), (state, jnp.arange(self.cfg.num_layers)))
-    else:
+    else:  # One buffer per layer (kv_cache.init).
+      k_all, v_all = list(k_all), list(v_all)
       for layer, block in enumerate(self.blocks):
-        layer_cache = kv_cache.LayerCache(k_all, v_all, layer, index, visible, cache["positions"])
-        x, (k_all, v_all) = block(x, positions, segment_ids, layer_cache)
+        layer_cache = kv_cache.LayerCache(k_all[layer], v_all[layer], None, index, visible, cache["positions"])
+        x, (k_all[layer], v_all[layer]) = block(x, positions, segment_ids, layer_cache)
+      k_all, v_all = tuple(k_all), tuple(v_all)
     cache = kv_cache.constrain({**cache, "k": k_all, "v": v_all, "index": index + t})
     return self.final_norm(x), cache
 
