@@ -1,6 +1,7 @@
 """Benchmark the KV-cache sampler: tokens/s and fraction of the HBM roofline, vs HF `generate` if present.
 
     python scripts/bench_generate.py            # ~1.2B Llama shape (Llama-3.2-1B), bf16, batch 1/64/256
+    python scripts/bench_generate.py --hf_batches 1 --hlo sampler.hlo   # HF at batch 1 only; dump the program
     python scripts/bench_generate.py --small    # CPU smoke run on a tiny model
 
 Each batch row gets a 128-token prompt and samples exactly 128 new tokens (temperature 1, no stop
@@ -53,9 +54,12 @@ def _median_time(fn, iters: int) -> float:
   return float(np.median(times))
 
 
+def _prompts(cfg: ModelConfig, batch: int, prompt_len: int) -> list[list[int]]:
+  return np.random.default_rng(0).integers(3, cfg.vocab_size, size=(batch, prompt_len)).tolist()
+
+
 def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: int, new: int, iters: int):
-  rng = np.random.default_rng(0)
-  prompts = rng.integers(3, cfg.vocab_size, size=(batch, prompt_len)).tolist()
+  prompts = _prompts(cfg, batch, prompt_len)
   sample_cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
 
   def run():
@@ -85,17 +89,17 @@ def bench_hf(shape: dict, batch: int, prompt_len: int, new: int, iters: int):
   """Seconds for HF generate (sampling, exactly `new` tokens), or None when torch/transformers are absent."""
   try:
     import torch
-    import transformers
+    from transformers.models.llama import LlamaConfig, LlamaForCausalLM
   except ImportError:
     return None
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  config = transformers.LlamaConfig(
+  config = LlamaConfig(
       vocab_size=shape["vocab_size"], hidden_size=shape["d_model"], num_hidden_layers=shape["num_layers"],
       num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
       intermediate_size=shape["mlp_dim"], rope_theta=shape.get("rope_theta", 10000.0),
       tie_word_embeddings=shape.get("tie_embeddings", True), attn_implementation="sdpa")
   dtype = torch.bfloat16 if shape.get("dtype") == "bfloat16" else torch.float32
-  model = transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+  model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
   ids = torch.randint(3, shape["vocab_size"], (batch, prompt_len), device=device)
 
   def run():
@@ -106,7 +110,7 @@ def bench_hf(shape: dict, batch: int, prompt_len: int, new: int, iters: int):
       torch.cuda.synchronize()
 
   seconds = _median_time(run, iters)
-  del model
+  model = None  # Frees the GPU memory before the next JAX batch (the closure holds the name, not a copy).
   if device == "cuda":
     torch.cuda.empty_cache()
   return seconds
@@ -134,6 +138,8 @@ def main():
   parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,64,256)")
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--no_hf", action="store_true", help="skip the HF generate rows")
+  parser.add_argument("--hf_batches", default=None, help="batch sizes that also get an HF row (default: all)")
+  parser.add_argument("--hlo", default=None, help="write the optimised HLO of the first batch's sampler here")
   parser.add_argument("--attention", default=None, help="prefill attention impl (default: auto; xla with --small)")
   parser.add_argument("--lora_rank", type=int, default=0,
                       help="also time LoRA adapters on every projection: as separate (x A) B matmuls "
@@ -143,35 +149,70 @@ def main():
   shape = SMALL if args.small else LLAMA_1B
   prompt_len, new = (16, 16) if args.small else (128, 128)
   batches = [int(b) for b in (args.batches or ("1,4,16" if args.small else "1,64,256")).split(",")]
+  hf_batches = batches if args.hf_batches is None else [int(b) for b in args.hf_batches.split(",") if b]
   cfg = ModelConfig(**{**shape, **({"attention": args.attention} if args.attention else {})})
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3,
                        devices=jax.devices()[:1])
   graphdef, _, _ = state.abstract_model(cfg)
   params = state.init_params(cfg, mesh, seed=0)
   bandwidth = copy_bandwidth((64 << 20) if args.small else (2 << 30))
-  print(f"device: {jax.devices()[0].device_kind}; model: {cfg.num_params() / 1e6:.1f}M params "
-        f"({cfg.param_dtype}); prompt {prompt_len} + {new} new tokens; copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+  print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; model: {cfg.num_params() / 1e6:.1f}M params "
+        f"({cfg.param_dtype}); prompt {prompt_len} + {new} new tokens; copy bandwidth {bandwidth / 1e9:.0f} GB/s",
+        flush=True)
+  if args.hlo:
+    write_hlo(args.hlo, graphdef, params, _prompts(cfg, batches[0], prompt_len), new)
 
   rows = []
   for batch in batches:
-    total, prefill = bench_jaxpost(cfg, params, graphdef, batch, prompt_len, new, args.iters)
     ideal = ideal_decode_seconds(cfg, batch, prompt_len, new, bandwidth)
+    total, prefill = bench_jaxpost(cfg, params, graphdef, batch, prompt_len, new, args.iters)
     decode = max(total - prefill, 1e-9)
     rows.append(("jaxpost", batch, batch * new / total, 1e3 * prefill, 1e3 * decode / (new - 1), ideal / decode))
+    print_row(rows[-1])
     if args.lora_rank:
       for engine, (g, p) in lora_variants(cfg, mesh, params, args.lora_rank).items():
         t_total, t_prefill = bench_jaxpost(cfg, p, g, batch, prompt_len, new, args.iters)
         d = max(t_total - t_prefill, 1e-9)
         rows.append((engine, batch, batch * new / t_total, 1e3 * t_prefill, 1e3 * d / (new - 1), ideal / d))
-    hf = None if args.no_hf else bench_hf(shape, batch, prompt_len, new, args.iters)
-    if hf is not None:
-      rows.append(("hf generate", batch, batch * new / hf, float("nan"), 1e3 * hf / new, ideal / hf))
+        print_row(rows[-1])
+    if not args.no_hf and batch in hf_batches:
+      try:
+        hf = bench_hf(shape, batch, prompt_len, new, args.iters)
+      except Exception as e:  # A baseline failure must not cost the jaxpost rows of a one-shot device run.
+        print(f"hf generate batch {batch}: {type(e).__name__}: {str(e).strip().splitlines()[:1]}", flush=True)
+        hf = None
+      if hf is not None:
+        rows.append(("hf generate", batch, batch * new / hf, float("nan"), 1e3 * hf / new, ideal / hf))
+        print_row(rows[-1])
 
-  header = ("engine", "batch", "tokens/s", "prefill ms", "ms/step", "roofline")
-  print(" | ".join(f"{h:>12}" for h in header))
-  for engine, batch, tps, pre, step, frac in rows:
-    print(" | ".join([f"{engine:>12}", f"{batch:>12d}", f"{tps:>12.1f}", f"{pre:>12.1f}", f"{step:>12.2f}",
-                      f"{frac:>12.1%}"]))
+  print("summary:")
+  print_row(None)
+  for row in rows:
+    print_row(row)
+
+
+HEADER = ("engine", "batch", "tokens/s", "prefill ms", "ms/step", "roofline")
+
+
+def print_row(row) -> None:
+  """One table line (the header for None), printed as soon as it is measured."""
+  if row is None:
+    print(" | ".join(f"{h:>12}" for h in HEADER), flush=True)
+    return
+  engine, batch, tps, pre, step, frac = row
+  print(" | ".join([f"{engine:>12}", f"{batch:>12d}", f"{tps:>12.1f}", f"{pre:>12.1f}", f"{step:>12.2f}",
+                    f"{frac:>12.1%}"]), flush=True)
+
+
+def write_hlo(path: str, graphdef, params, prompts, new: int) -> None:
+  """The compiled sampler's optimised HLO (what XLA runs: fusions, loops, copies) for inspection."""
+  tokens, segment_ids = sampling._left_pad(prompts, 0)  # noqa: SLF001
+  cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
+  compiled = sampling._generate.lower(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),  # noqa: SLF001
+                                      sampling._traced(cfg), sampling=sampling._static(cfg), pad_id=0).compile()  # noqa: SLF001
+  with open(path, "w") as f:
+    f.write(compiled.as_text())
+  print(f"optimised HLO of the sampler (batch {len(prompts)}) -> {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def main():
       train_state, metrics = train_step(train_state, mesh_lib.global_batch(batch, mesh), None)
       jax.block_until_ready(metrics["loss"])
       t2 = time.perf_counter()
+      print(f"iteration {it}{' (compiles)' if it == 0 else ''}: rollout {t1 - t0:.2f} s, train {t2 - t1:.2f} s",
+            flush=True)  # Progress, so a run cut short by a time limit still says something.
       if it:  # The first iteration compiles.
         times.append((t1 - t0, t2 - t1, int(out.lengths.sum())))
   rollout_s = float(np.median([t[0] for t in times]))

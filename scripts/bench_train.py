@@ -36,7 +36,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run from a checkout.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if importlib.util.find_spec("jaxpost") is None:  # Not installed: run from the checkout (jaxpost.kernels
+  sys.path.insert(0, _ROOT)                      # then needs an editable install's path mapping).
 from jaxpost import config as config_lib  # noqa: E402  (ml_collections only: no JAX backend in the parent)
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # Stable name since jax 0.4.
@@ -180,14 +182,18 @@ def time_jaxpost(spec: dict) -> dict:
 
 def time_hf(spec: dict) -> dict:
   """The same model and batch shape in transformers + torch: bf16, sdpa, fused AdamW."""
+  # Off the path first: the checkout's kernels/ folder would pass for the PyPI `kernels` package that
+  # transformers probes for (it is importable only as jaxpost.kernels once installed).
+  sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _ROOT]
   import torch
   import torch.nn.functional as F
   import transformers
+  from transformers.models.llama import LlamaConfig, LlamaForCausalLM  # Direct: a lazy-import failure names its cause.
   cuda = torch.cuda.is_available()
   if not cuda and not spec["hf_force"]:
     return {"skipped": "no CUDA device (pass --hf to run on CPU)"}
   device = torch.device("cuda" if cuda else "cpu")
-  cfg = transformers.LlamaConfig(
+  cfg = LlamaConfig(
       vocab_size=spec["vocab"], hidden_size=spec["d_model"], intermediate_size=spec["mlp_dim"],
       num_hidden_layers=spec["num_layers"], num_attention_heads=spec["num_heads"],
       num_key_value_heads=spec["num_kv_heads"], head_dim=spec["head_dim"], tie_word_embeddings=spec["tie"],
@@ -198,7 +204,7 @@ def time_hf(spec: dict) -> dict:
   torch.set_default_dtype(torch.bfloat16)  # Weights created in bf16 directly on the device.
   try:
     with device:
-      model = transformers.LlamaForCausalLM(cfg)
+      model = LlamaForCausalLM(cfg)
   finally:
     torch.set_default_dtype(default_dtype)
   model.train()
@@ -256,8 +262,6 @@ def run_child(kind: str, spec: dict, timeout: float, verbose: bool) -> dict:
   """Runs `kind` ('jaxpost' | 'hf') in a fresh interpreter; returns its result dict (or an error)."""
   env = dict(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")  # Default 0.75 would cap JAX at ~60 of 80 GB.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
   cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, json.dumps(spec)]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -380,6 +384,8 @@ def main(argv=None) -> None:
     else:
       r = run_child(kind, s, left, args.verbose)
     print(format_row(name, s, r, flops, args.peak_tflops), flush=True)
+    if "stderr_tail" in r:  # A one-shot device run must show why a variant failed.
+      print("  | " + "\n  | ".join(r["stderr_tail"].strip().splitlines()[-8:]), flush=True)
     if args.json:
       with open(args.json, "a") as f:
         f.write(json.dumps(dict(name=name, kind=kind, spec=s, flops=flops, result=r, time=time.time())) + "\n")
