@@ -1,10 +1,28 @@
-"""Test session set-up: 8 simulated CPU devices, set once before jax initialises a backend."""
+"""Test session set-up: 8 simulated CPU devices, set once before jax initialises a backend, and one
+persistent XLA compilation cache for the session."""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+# The cache: runs that compile the very same program again (resumed == uninterrupted, the sharded
+# references, repeated CLI runs) load it instead of compiling. The controller creates it; the xdist
+# workers and the CLI subprocesses inherit it through the environment. Entries are keyed by the
+# program's hash, so a hit is the same program; the directory is removed when the session ends.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxpost-test-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")  # Skip writing trivial programs.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_threefry_partitionable", True)
+
+
+def pytest_sessionfinish(session):
+  if _OWN_CACHE and not hasattr(session.config, "workerinput"):  # The controller (or a plain run).
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
