@@ -1,6 +1,6 @@
 """The rollout engine: KV-cache sampling from the trainer's own params (no copy, same shardings).
 
-  prompts -> left-pad to (B, P) -> one prefill writes the cache (L, B, P + N, K, hd) -> repeat rows
+  prompts -> left-pad to (B, P) -> one prefill writes the cache (L x (B, P + N, K, hd)) -> repeat rows
   G times -> lax.while_loop: sample a token per row, feed it, until every row stopped or N tokens.
 
 Left padding (segment id 0, positions counted from each prompt's first token) makes every row write
