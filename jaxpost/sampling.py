@@ -167,7 +167,7 @@ def _generate(graphdef, params, tokens, segment_ids, traced, *, sampling: Sampli
   key, stop_ids = traced["key"], traced["stop_ids"]
   n, g = sampling.max_new_tokens, sampling.num_samples
   rows = tokens.shape[0] * g  # B*G sampled rows
-  shadow = MIN_MODEL_ROWS - rows if rows < MIN_MODEL_ROWS else 0
+  shadow = max(MIN_MODEL_ROWS - rows, 0)
   if shadow:
     tokens, segment_ids = (jnp.concatenate([x, jnp.repeat(x[-1:], shadow, axis=0)]) for x in (tokens, segment_ids))
   model = nnx.merge(graphdef, params)

@@ -24,8 +24,7 @@ import jax.numpy as jnp
 from jaxpost.models.config import ModelConfig
 
 # Logical axes of k/v, resolved to mesh axes by jaxpost.mesh.LOGICAL_RULES.
-KV_LOGICAL = ("layers", "batch", None, "kv_heads", "head_dim")  # Stacked.
-LAYER_KV_LOGICAL = KV_LOGICAL[1:]  # One layer's buffer.
+KV_LOGICAL = ("layers", "batch", None, "kv_heads", "head_dim")  # A stack; one layer's buffer drops "layers".
 ROWS_LOGICAL = ("batch", None)
 
 
@@ -69,8 +68,7 @@ def shard_like(x: jax.Array, logical: tuple) -> jax.Array:
 
 def constrain(cache: dict) -> dict:
   """Shards the cache like a batch (rows over data/fsdp, kv heads over tensor) under a context mesh."""
-  out = {k: (tuple(shard_like(a, LAYER_KV_LOGICAL) for a in v) if isinstance(v, tuple) else shard_like(v, KV_LOGICAL))
-         for k, v in cache.items() if k in ("k", "v")}
+  out = {k: jax.tree.map(lambda a: shard_like(a, KV_LOGICAL[-a.ndim:]), cache[k]) for k in ("k", "v")}
   out.update({k: shard_like(cache[k], ROWS_LOGICAL) for k in ("segment_ids", "positions")})
   out["index"] = cache["index"]
   return out
@@ -120,8 +118,8 @@ def repeat_rows(cache: dict, n: int) -> dict:
   """Each row repeated n times (row i -> rows i*n .. i*n + n-1): one prefill serves n samples."""
   if n == 1:
     return cache
-  def repeat(x, axis):
-    return tuple(jnp.repeat(a, n, axis=0) for a in x) if isinstance(x, tuple) else jnp.repeat(x, n, axis=axis)
-  out = {k: repeat(v, 1 if k in ("k", "v") else 0) for k, v in cache.items() if k != "index"}
+  # Rows are the batch axis: axis 0 of every array, after the layer axis of a stacked k/v.
+  out = {k: jax.tree.map(lambda a: jnp.repeat(a, n, axis=a.ndim - 4 if k in ("k", "v") else 0), v)
+         for k, v in cache.items() if k != "index"}
   out["index"] = cache["index"]
   return constrain(out)
