@@ -11,7 +11,7 @@ ALGORITHMS = ("sft", "grpo", "rm", "dpo", "ppo")
 MODEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 LOGPROB_IMPLS = ("auto", "naive", "chunked", "pallas")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "offload")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -40,9 +40,12 @@ def model_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"           # Compute dtype (bfloat16 for speed; params stay in param_dtype).
   c.param_dtype = "float32"     # Master weight dtype.
   c.attention = "xla"           # Attention: xla | pallas (jaxpost kernel) | cudnn | auto (best per platform).
+  c.cudnn_max_segments = 0      # cuDNN attention (attention cudnn, or auto on GPU): rows with at most this many
+                                # runs of equal segment ids use cuDNN's packed layout, no dense mask; rows with
+                                # more fall back to the mask. 0 = always the mask. See models/packed_attention.py.
   c.logprob_impl = "auto"       # Per-token log-probs: auto (fastest per platform) | naive | chunked | pallas.
   c.scan_layers = False         # lax.scan over stacked layers (faster compile for deep models).
-  c.remat = "none"              # Rematerialisation policy per block: none | full | dots.
+  c.remat = "none"              # Rematerialisation policy per block: none | full | dots | offload (dots to host).
   c.init_checkpoint = ""        # Start from the params of this workdir's latest checkpoint.
   c.head = "lm"                 # Output head: lm (next-token logits) | scalar (reward model; algorithm rm).
   return c
@@ -213,6 +216,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(config.lora.rank == 0, "lora.rank", "LoRA with ppo is not implemented yet (sft, rm, dpo, grpo have it)")
   if config.algorithm in ("rm", "dpo"):
     _validate_preference(config)
+  _check(config.model.cudnn_max_segments >= 0, "model.cudnn_max_segments",
+         f"must be >= 0, got {config.model.cudnn_max_segments}")
   _choice(config, "model.head", ("lm", "scalar"))
   want_head = "scalar" if config.algorithm == "rm" else "lm"
   _check(config.model.head == want_head, "model.head",

@@ -4,7 +4,8 @@
   python scripts/bench_attention.py --small      # CPU smoke run: tiny shapes, Pallas interpret mode
 
 Rows: causal MHA, GQA (32 query heads over 8 KV heads), and causal with 4 packed segments per row
-(cuDNN / XLA get the segments as an explicit [B, 1, T, T] mask). Times are the median of --iters
+(cuDNN / XLA get the segments as an explicit [B, 1, T, T] mask; `packed` is cuDNN given the rows as runs in its
+packed layout instead, `model.cudnn_max_segments` = 4, on CPU its jnp reference). Times are the median of --iters
 runs after --warmup runs, each ended by block_until_ready. FLOPs are the nominal causal count,
 fwd = 4 * B * H * T * T * D / 2 (H = query heads) and bwd = 2.5 * fwd, also for the segment row
 (so its TFLOP/s compare time, not useful work). "x cuDNN" = cuDNN time / this time (> 1: faster).
@@ -32,12 +33,17 @@ def _configs(small):
   ]
 
 
-def _impl(name, segments, args):
+def _impl(name, segments, q_shape, args):
   """Returns attention(q, k, v) -> [B, T, Nq, D] for one implementation."""
   if name == "jaxpost":
     blocks = BlockSizes(64, 64) if args.small else None
     return lambda q, k, v: flash_attention(q, k, v, q_segment_ids=segments, causal=True,
                                            block_sizes=blocks, interpret=args.small)
+  if name == "packed":  # cuDNN on packed runs (jaxpost.models.packed_attention), no mask
+    from jaxpost.models.attention import dot_product_attention
+    seg = jnp.ones(q_shape[:2], jnp.int32) if segments is None else segments
+    return lambda q, k, v: dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True,
+                                                 cudnn_max_segments=4)
   mask = None if segments is None else (segments[:, :, None] == segments[:, None, :])[:, None]
   return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                                       implementation=name)
@@ -73,7 +79,7 @@ def main():
   parser.add_argument("--small", action="store_true", help="tiny shapes + interpret mode (CPU)")
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--impls", default="jaxpost,cudnn,xla")
+  parser.add_argument("--impls", default="jaxpost,cudnn,packed,xla")
   args = parser.parse_args()
   if args.small:
     args.iters, args.warmup = min(args.iters, 3), 1
@@ -95,7 +101,7 @@ def main():
     results, reference_out = {}, None
     for impl in sorted(impls, key=lambda i: i != "xla"):  # xla first: its output is the reference
       try:
-        fwd_ms, both_ms, out = _measure(_impl(impl, segments, args), q, k, v, do, args)
+        fwd_ms, both_ms, out = _measure(_impl(impl, segments, q.shape, args), q, k, v, do, args)
         if impl == "xla":
           reference_out = out.astype(jnp.float32)
         err = (float(jnp.max(jnp.abs(out.astype(jnp.float32) - reference_out)))

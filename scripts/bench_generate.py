@@ -2,15 +2,13 @@
 
     python scripts/bench_generate.py            # ~1.2B Llama shape (Llama-3.2-1B), bf16, batch 1/64/256
     python scripts/bench_generate.py --hf_batches 1 --hlo sampler.hlo   # HF at batch 1 only; dump the program
+    python scripts/bench_generate.py --no_hf --graphs  # each batch also with the decode loop as a CUDA graph
     python scripts/bench_generate.py --small    # CPU smoke run on a tiny model
 
 Each batch row gets a 128-token prompt and samples exactly 128 new tokens (temperature 1, no stop
 token). tokens/s = B * N / (prefill + decode time). The roofline is for decode: each step must read
-every weight once and the filled KV cache of every row, so
-
-  ideal decode time = sum over steps of (weight bytes + KV bytes filled at that step) / copy bandwidth,
-
-with the bandwidth measured here by timing a large device copy (read + write). `roofline` = ideal /
+every weight once and the filled KV cache of every row (scripts/roofline.py), with the bandwidth
+measured here by timing a large device copy (read + write). `roofline` = ideal /
 measured decode time (decode = total - prefill, prefill timed alone). At large batch decode becomes
 compute-bound and the fraction falls for that reason, not only for waste. HF rows (torch +
 transformers, same shape, random weights, bf16, sdpa attention) run only when both import.
@@ -24,24 +22,12 @@ import numpy as np
 
 from jaxpost import sampling, state
 from jaxpost.models import ModelConfig
+from roofline import copy_bandwidth, ideal_decode_seconds  # scripts/roofline.py
 
 LLAMA_1B = dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
                 mlp_dim=8192, rope_theta=500000.0, tie_embeddings=True, dtype="bfloat16", param_dtype="bfloat16",
                 attention="auto")
 SMALL = dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
-
-
-def copy_bandwidth(nbytes: int) -> float:
-  """Bytes/s of a device copy (counts the read and the write)."""
-  x = jnp.ones((nbytes // 4,), jnp.float32)
-  copy = jax.jit(lambda a: a * 1.0001)
-  jax.block_until_ready(copy(x))
-  times = []
-  for _ in range(5):
-    t0 = time.perf_counter()
-    jax.block_until_ready(copy(x))
-    times.append(time.perf_counter() - t0)
-  return 2 * x.nbytes / min(times)
 
 
 def _median_time(fn, iters: int) -> float:
@@ -58,12 +44,13 @@ def _prompts(cfg: ModelConfig, batch: int, prompt_len: int) -> list[list[int]]:
   return np.random.default_rng(0).integers(3, cfg.vocab_size, size=(batch, prompt_len)).tolist()
 
 
-def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: int, new: int, iters: int):
+def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: int, new: int, iters: int,
+                  compiler_options: tuple = ()):
   prompts = _prompts(cfg, batch, prompt_len)
   sample_cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
 
   def run():
-    out = sampling.generate(graphdef, params, prompts, sample_cfg)
+    out = sampling.generate(graphdef, params, prompts, sample_cfg, compiler_options=compiler_options)
     assert (out.lengths == new).all(), out.lengths  # No early stop: every row decodes N tokens.
 
   tokens, segment_ids = sampling._left_pad(prompts, 0)  # noqa: SLF001 (time the prefill alone)
@@ -75,14 +62,6 @@ def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: in
 
   total = _median_time(run, iters)
   return total, _median_time(prefill, iters)
-
-
-def ideal_decode_seconds(cfg: ModelConfig, batch: int, prompt_len: int, new: int, bandwidth: float) -> float:
-  itemsize = jnp.dtype(cfg.param_dtype).itemsize
-  weight_bytes = cfg.num_params() * itemsize
-  kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
-  filled = sum(prompt_len + i for i in range(1, new))  # Decode steps 1..N-1 (token 0 comes from the prefill).
-  return ((new - 1) * weight_bytes + batch * kv_per_token * filled) / bandwidth
 
 
 def bench_hf(shape: dict, batch: int, prompt_len: int, new: int, iters: int):
@@ -141,6 +120,8 @@ def main():
   parser.add_argument("--hf_batches", default=None, help="batch sizes that also get an HF row (default: all)")
   parser.add_argument("--hlo", default=None, help="write the optimised HLO of the first batch's sampler here")
   parser.add_argument("--attention", default=None, help="prefill attention impl (default: auto; xla with --small)")
+  parser.add_argument("--graphs", action="store_true",
+                      help="also time each batch with sampling.CUDA_GRAPHS (the decode loop as one CUDA graph)")
   parser.add_argument("--lora_rank", type=int, default=0,
                       help="also time LoRA adapters on every projection: as separate (x A) B matmuls "
                            "(what the sampler does) vs merged into the weights beforehand")
@@ -169,6 +150,12 @@ def main():
     decode = max(total - prefill, 1e-9)
     rows.append(("jaxpost", batch, batch * new / total, 1e3 * prefill, 1e3 * decode / (new - 1), ideal / decode))
     print_row(rows[-1])
+    if args.graphs:
+      t_total, t_prefill = bench_jaxpost(cfg, params, graphdef, batch, prompt_len, new, args.iters,
+                                         compiler_options=sampling.CUDA_GRAPHS)
+      d = max(t_total - t_prefill, 1e-9)
+      rows.append(("+cuda graphs", batch, batch * new / t_total, 1e3 * t_prefill, 1e3 * d / (new - 1), ideal / d))
+      print_row(rows[-1])
     if args.lora_rank:
       for engine, (g, p) in lora_variants(cfg, mesh, params, args.lora_rank).items():
         t_total, t_prefill = bench_jaxpost(cfg, p, g, batch, prompt_len, new, args.iters)
@@ -208,8 +195,9 @@ def write_hlo(path: str, graphdef, params, prompts, new: int) -> None:
   """The compiled sampler's optimised HLO (what XLA runs: fusions, loops, copies) for inspection."""
   tokens, segment_ids = sampling._left_pad(prompts, 0)  # noqa: SLF001
   cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
-  compiled = sampling._generate.lower(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),  # noqa: SLF001
-                                      sampling._traced(cfg), sampling=sampling._static(cfg), pad_id=0).compile()  # noqa: SLF001
+  compiled = sampling.generate_jit().lower(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),
+                                           sampling._traced(cfg), sampling=sampling._static(cfg),  # noqa: SLF001
+                                           pad_id=0).compile()
   with open(path, "w") as f:
     f.write(compiled.as_text())
   print(f"optimised HLO of the sampler (batch {len(prompts)}) -> {path}", flush=True)

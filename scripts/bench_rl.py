@@ -6,8 +6,10 @@
 It times, after one warm-up iteration (which compiles), the median of `--iters` iterations of exactly
 what `jaxpost/loops/online.py` does on the device: `sampling.generate` on the live params, then the
 rollout rows (`rollout.rollout_batch`), then one jitted GRPO step (ppo_clip, token_mean) on them.
-Rewards are random (host work is not what this measures). Prints rollout and train seconds and
-tokens/s (sampled completion tokens / iteration time), and the decode roofline fraction of the rollout.
+Rewards are random (host work is not what this measures). Prints rollout and train seconds,
+tokens/s (sampled completion tokens / iteration time), and `rollout_x_roofline`: rollout time (prefill,
+decode and the copy to the host) over the ideal decode time of its P*G rows (scripts/roofline.py; the
+#11 goal is <= 2). `--graphs` compiles the sampler with sampling.CUDA_GRAPHS.
 """
 import argparse
 import time
@@ -19,6 +21,7 @@ from jaxpost import mesh as mesh_lib, optim, rollout, sampling, state as state_l
 from jaxpost.algorithms import grpo
 from jaxpost.config import base_config
 from jaxpost.models import ModelConfig
+from roofline import copy_bandwidth, ideal_decode_seconds  # scripts/roofline.py
 
 HALF_B = dict(vocab_size=151936, d_model=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
               mlp_dim=4864, tie_embeddings=True, qkv_bias=True, dtype="bfloat16", param_dtype="float32",
@@ -34,6 +37,7 @@ def main():
   parser.add_argument("--prompt_len", type=int, default=None, help="tokens per prompt (256; 16 with --small)")
   parser.add_argument("--new_tokens", type=int, default=None, help="completion tokens (512; 16 with --small)")
   parser.add_argument("--iters", type=int, default=3)
+  parser.add_argument("--graphs", action="store_true", help="sampler compiled with sampling.CUDA_GRAPHS")
   args = parser.parse_args()
   p = args.prompts or (4 if args.small else 32)
   g = args.generations
@@ -58,7 +62,8 @@ def main():
     for it in range(args.iters + 1):
       t0 = time.perf_counter()
       out = sampling.generate(graphdef, train_state["params"], prompts, sampling.SamplingConfig(
-          max_new_tokens=new, temperature=1.0, num_samples=g, seed=it))
+          max_new_tokens=new, temperature=1.0, num_samples=g, seed=it),
+          compiler_options=sampling.CUDA_GRAPHS if args.graphs else ())
       t1 = time.perf_counter()
       batch = rollout.rollout_batch(prompts, out.completions(), out.logps, num_samples=g,
                                     seq_len=prompt_len + new - 1)
@@ -71,14 +76,18 @@ def main():
             flush=True)  # Progress, so a run cut short by a time limit still says something.
       if it:  # The first iteration compiles.
         times.append((t1 - t0, t2 - t1, int(out.lengths.sum())))
+  bandwidth = copy_bandwidth((64 << 20) if args.small else (2 << 30))
+  ideal_s = ideal_decode_seconds(cfg, p * g, prompt_len, new, bandwidth)
   rollout_s = float(np.median([t[0] for t in times]))
   train_s = float(np.median([t[1] for t in times]))
   tokens = float(np.median([t[2] for t in times]))
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}; model "
-        f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new tokens")
+        f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new tokens; "
+        f"copy bandwidth {bandwidth / 1e9:.0f} GB/s{'; sampler with CUDA graphs' if args.graphs else ''}")
   print(f"rollout_s={rollout_s:.3f} train_s={train_s:.3f} iteration_s={rollout_s + train_s:.3f} "
         f"sampled_tokens={tokens:.0f} tokens/s={tokens / (rollout_s + train_s):.1f} "
-        f"rollout_share={rollout_s / (rollout_s + train_s):.0%}")
+        f"rollout_share={rollout_s / (rollout_s + train_s):.0%} decode_roofline_s={ideal_s:.3f} "
+        f"rollout_x_roofline={rollout_s / ideal_s:.2f}")
 
 
 if __name__ == "__main__":

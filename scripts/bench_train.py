@@ -1,7 +1,7 @@
 """Benchmark the jaxpost SFT train step: tokens/s, MFU, peak memory, compilations; and HF transformers + torch.
 
     python scripts/bench_train.py                              # 1.24B Llama-shaped, 4 x 4096, bf16, attention auto
-    python scripts/bench_train.py --sweep --time_budget_s 480  # memory plans: remat none/full/dots x scan off/on
+    python scripts/bench_train.py --sweep --time_budget_s 480  # memory plans: remat none/full/dots/offload x scan
     python scripts/bench_train.py --remat dots --scan --no-hf  # one plan, no HF baseline
     python scripts/bench_train.py --small --no-hf              # CPU smoke run (tiny model)
 
@@ -48,7 +48,7 @@ FULL = dict(d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=
 SMALL = dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128, vocab=256,
              batch=8, seq=64, steps=3, warmup=1)
 MIN_VARIANT_S = 20.0  # Under this much budget left, a variant cannot even import and compile: not started.
-SWEEP = [(remat, scan) for remat in ("none", "full", "dots") for scan in (False, True)]
+SWEEP = [(remat, scan) for remat in ("none", "full", "dots", "offload") for scan in (False, True)]
 
 
 def train_flops(num_params: int, num_layers: int, attn_width: int, batch: int, seq: int) -> float:
@@ -101,6 +101,7 @@ def make_config(spec: dict):
   m.tie_embeddings, m.dtype, m.param_dtype = spec["tie"], spec["dtype"], spec["param_dtype"]
   m.attention, m.logprob_impl, m.remat, m.scan_layers = (spec["attention"], spec["logprob_impl"], spec["remat"],
                                                          spec["scan"])
+  m.cudnn_max_segments = spec.get("cudnn_max_segments", 0)
   config.data.seq_len = spec["seq"]
   config.train.batch_size, config.train.grad_accum = spec["batch"], spec["grad_accum"]
   config.train.steps = spec["warmup"] + spec["steps"]
@@ -139,6 +140,15 @@ def build_train_step(config, mesh):
   return model_cfg, state, train_step
 
 
+def _compiled_memory(train_step, state, batch) -> dict:
+  """XLA's buffer plan for the step (a compile of its own, outside the timed calls): temp bytes on the
+  device (activations, gradients in flight) and in host memory (remat offload). Any backend, CPU included."""
+  analysis = train_step.lower(state, batch, None).compile().memory_analysis()
+  if analysis is None:
+    return {}
+  return dict(temp_bytes=analysis.temp_size_in_bytes, host_temp_bytes=getattr(analysis, "host_temp_size_in_bytes", 0))
+
+
 def _peak_bytes():
   import jax
   stats = jax.devices()[0].memory_stats()
@@ -162,6 +172,8 @@ def time_jaxpost(spec: dict) -> dict:
     jax.block_until_ready((state, batches))
     times, losses = [], []
     with CompileCounter() as compiles:
+      # The step's compile, shared with the calls below (so still one compilation), when asked for its plan.
+      memory = _compiled_memory(train_step, state, batches[0]) if spec.get("compiled_memory") else {}
       for batch in batches:
         t0 = time.perf_counter()
         state, metrics = train_step(state, batch, None)
@@ -175,7 +187,7 @@ def time_jaxpost(spec: dict) -> dict:
               compilations=compiles.count, compiled=sorted(set(compiles.names)), jit_cache_size=cache_size,
               loss_first=losses[0], loss_last=losses[-1], num_params=model_cfg.num_params(),
               peak_bytes=_peak_bytes(), num_devices=jax.device_count(), device=jax.devices()[0].device_kind,
-              jax=jax.__version__)
+              jax=jax.__version__, **memory)
 
 
 # ================================================================ HF transformers + torch (child process)
@@ -296,6 +308,8 @@ def format_row(name: str, spec: dict, r: dict, flops: float, peak_tflops: float)
   mfu = flops / seconds / (r["num_devices"] * peak_tflops * 1e12)
   row = (f"{name:<44} step_ms={r['step_ms']:.2f} tokens/s={tokens / seconds:.0f} MFU={100 * mfu:.1f}% "
          f"peak_GiB={_gib(r['peak_bytes'])} first_call_s={r['first_call_s']:.1f}")
+  if "temp_bytes" in r:
+    row += f" temp_GiB={_gib(r['temp_bytes'])} host_temp_GiB={_gib(r['host_temp_bytes'])}"
   if "compilations" in r:
     row += f" compilations={r['compilations']}"
   return row + f" loss={r['loss_first']:.3f}->{r['loss_last']:.3f}"
@@ -303,7 +317,9 @@ def format_row(name: str, spec: dict, r: dict, flops: float, peak_tflops: float)
 
 def _variant_name(spec: dict) -> str:
   return (f"jaxpost remat={spec['remat']} scan={'on' if spec['scan'] else 'off'} attn={spec['attention']} "
-          f"lp={spec['logprob_impl']}" + (f" accum={spec['grad_accum']}" if spec["grad_accum"] > 1 else ""))
+          f"lp={spec['logprob_impl']}"
+          + (f" packed<={spec['cudnn_max_segments']}" if spec.get("cudnn_max_segments") else "")
+          + (f" accum={spec['grad_accum']}" if spec["grad_accum"] > 1 else ""))
 
 
 def parse_args(argv=None):
@@ -318,18 +334,24 @@ def parse_args(argv=None):
   plan.add_argument("--dtype", default="bfloat16", choices=config_lib.DTYPES, help="compute dtype")
   plan.add_argument("--param_dtype", default="float32", choices=config_lib.DTYPES, help="master weight dtype")
   plan.add_argument("--attention", default="auto", choices=config_lib.ATTENTION_IMPLS)
-  plan.add_argument("--logprob_impl", default="naive", choices=config_lib.LOGPROB_IMPLS)
+  plan.add_argument("--logprob_impl", default="auto", choices=config_lib.LOGPROB_IMPLS,
+                    help="auto (the config default) is chunked on GPU; PERF.md's baseline is naive")
+  plan.add_argument("--cudnn_max_segments", type=int, default=0,
+                    help="model.cudnn_max_segments: cuDNN's packed layout instead of a dense mask (0 = mask)")
   plan.add_argument("--remat", default="none", choices=config_lib.REMAT_POLICIES, help="ignored by --sweep")
   plan.add_argument("--scan", action=argparse.BooleanOptionalAction, default=False, help="scan over layers (ignored by --sweep)")
   plan.add_argument("--grad_accum", type=int, default=1)
   plan.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (one may be -1)")
-  plan.add_argument("--sweep", action="store_true", help="remat none/full/dots x scan off/on, one row each")
+  plan.add_argument("--sweep", action="store_true", help="remat none/full/dots/offload x scan off/on, one row each")
   run = p.add_argument_group("run")
   run.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
                    help="HF transformers + torch baseline (default: on when torch, transformers and CUDA exist)")
   run.add_argument("--peak_tflops", type=float, default=989.0, help="per-device dense bf16 peak for MFU")
   run.add_argument("--time_budget_s", type=float, default=None, help="stop starting (and stop) variants after this")
   run.add_argument("--timeout", type=float, default=900.0, help="seconds per variant subprocess")
+  run.add_argument("--compiled_memory", action="store_true",
+                   help="also print XLA's temp-buffer plan of the step (device and host GiB); the step then "
+                        "compiles before the first call, which first_call_s no longer includes")
   run.add_argument("--json", default=None, help="also append each row's spec and result to this JSON-lines file")
   run.add_argument("--verbose", action="store_true", help="pass the children's stderr through")
   p.add_argument("--child", nargs=2, metavar=("KIND", "SPEC_JSON"), help=argparse.SUPPRESS)
@@ -346,8 +368,9 @@ def make_spec(args) -> dict:
   if spec["warmup"] < 1 or spec["steps"] < 1:
     raise SystemExit(f"--warmup ({spec['warmup']}) and --steps ({spec['steps']}) must be >= 1: the first call compiles")
   spec.update(tie=args.tie, dtype=args.dtype, param_dtype=args.param_dtype, attention=args.attention,
-              logprob_impl=args.logprob_impl, remat=args.remat, scan=args.scan, grad_accum=args.grad_accum,
-              mesh=mesh, hf_force=bool(args.hf))
+              logprob_impl=args.logprob_impl, cudnn_max_segments=args.cudnn_max_segments, remat=args.remat,
+              scan=args.scan, grad_accum=args.grad_accum,
+              mesh=mesh, hf_force=bool(args.hf), compiled_memory=args.compiled_memory)
   return spec
 
 

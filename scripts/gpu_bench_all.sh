@@ -2,6 +2,7 @@
 # One prepared GPU session: install jaxpost over the machine's own jax, then run the kernel benchmarks.
 # Usage (on a GPU machine with .whl/ filled by ../shared/device/wheels.sh):
 #   bash scripts/gpu_bench_all.sh [attention] [logprobs] [train] [generate] [rl] ...  (names: see the case below)
+# Owed as of 2026-11-26 (two calls of <= 600 s): `generate train_packed` then `rl rl_graphs attention`.
 # Each benchmark has its own time limit and writes its table to ${OUT:-/tmp/jaxpost-bench}/NAME.txt.
 # Budget: on a fresh H100 (2026-11-26) each Python process needed 60-90 s (JAX start-up, 1.24B param
 # init, first compiles) before its first line; the limits below leave room for that.
@@ -28,9 +29,14 @@ for what in "$@"; do
     logprobs) run logprobs 200 python3 scripts/bench_logprobs.py --timeout 60 ;;
     logprobs_baseline) run logprobs_baseline 110 python3 scripts/bench_logprobs.py --timeout 50 --impls chunked,baseline ;;
     train) run train 200 python3 scripts/bench_train.py --time_budget_s 180 --json "$out/train.jsonl" ;;
-    train_chunked) run train_chunked 150 python3 scripts/bench_train.py --no-hf --logprob_impl chunked \
+    train_packed) run train_packed 150 python3 scripts/bench_train.py --no-hf --cudnn_max_segments 2 \
       --time_budget_s 140 --json "$out/train.jsonl" ;;
-    generate) run generate 240 python3 scripts/bench_generate.py --hf_batches 1 --iters 2 --hlo "$out/sampler_b1.hlo" ;;
+    train_naive) run train_naive 150 python3 scripts/bench_train.py --no-hf --logprob_impl naive \
+      --time_budget_s 140 --json "$out/train.jsonl" ;;
+    sweep) run sweep 420 python3 scripts/bench_train.py --no-hf --sweep --time_budget_s 400 --json "$out/train.jsonl" ;;
+    generate) run generate 300 python3 scripts/bench_generate.py --graphs --hf_batches 1 --iters 2 \
+      --hlo "$out/sampler_b1.hlo" ;;
     rl) run rl 200 python3 scripts/bench_rl.py --iters 2 ;;
+    rl_graphs) run rl_graphs 200 python3 scripts/bench_rl.py --iters 2 --graphs ;;
   esac
 done

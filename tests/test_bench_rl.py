@@ -15,3 +15,4 @@ def test_bench_rl_small_runs_a_full_iteration():
   # No stop tokens: every one of 4 prompts x 8 samples runs its full 16 tokens -> 512 sampled tokens.
   assert re.search(r"sampled_tokens=512 ", proc.stdout), proc.stdout
   assert re.search(r"rollout_s=\d+\.\d+ train_s=\d+\.\d+", proc.stdout)
+  assert re.search(r"rollout_x_roofline=\d+\.\d+$", proc.stdout.strip()), proc.stdout

@@ -51,10 +51,12 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 @pytest.fixture(scope="module")
 def small_run():
   """One `--small --no-hf` run in a subprocess (8 simulated CPU devices, inherited from conftest's
-  environment): 1 warm-up call + 2 timed steps, each on a different random batch."""
+  environment): 1 warm-up call + 2 timed steps, each on a different random batch; with the step's
+  compiled buffer plan (its compile is the one the calls then reuse)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
-  proc = subprocess.run([sys.executable, SCRIPT, "--small", "--no-hf", "--steps", "2", "--warmup", "1"],
+  proc = subprocess.run([sys.executable, SCRIPT, "--small", "--no-hf", "--steps", "2", "--warmup", "1",
+                         "--compiled_memory"],
                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   row = next((l for l in proc.stdout.splitlines() if l.startswith("jaxpost ")), None)
@@ -67,6 +69,7 @@ def test_script_runs_end_to_end_small(small_run):
   _, row = small_run
   assert float(re.search(r"tokens/s=([0-9.]+)", row).group(1)) > 0, row
   assert re.search(r"MFU=[0-9.]+%", row), row
+  assert re.search(r"temp_GiB=[0-9.]+ host_temp_GiB=[0-9.]+", row), row
 
 
 def test_step_compiles_once_across_steps_with_varying_data(small_run):
@@ -100,7 +103,7 @@ def test_remat_policies_give_the_same_loss_and_grads():
   batch = bench.random_batch(rng, 2, 16, 61)
   fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}  # Shared CPU cores.
   results = []
-  for remat in ("none", "full", "dots"):
+  for remat in ("none", "full", "dots", "offload"):
     graphdef, _, _ = state_lib.abstract_model(dataclasses.replace(base, remat=remat))
     grad_fn = jax.jit(jax.value_and_grad(sft.make_loss_fn(graphdef), has_aux=True))
     (loss, _), grads = grad_fn.lower(params, batch).compile(compiler_options=fast)(params, batch)

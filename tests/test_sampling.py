@@ -153,6 +153,17 @@ def test_samples_per_prompt_are_distinct_reproducible_and_logps_match_the_traine
     np.testing.assert_allclose(out.logps[r, :out.lengths[r]], trainer[r, start:len(seq) - 1], atol=1e-4)
 
 
+def test_cuda_graph_compiler_options_leave_the_samples_unchanged():
+  """sampling.CUDA_GRAPHS are XLA:GPU options; they must compile everywhere and draw the same tokens."""
+  graphdef, params = _model()
+  cfg = sampling.SamplingConfig(max_new_tokens=5, num_samples=2, seed=4)
+  plain = sampling.generate(graphdef, params, PROMPTS[:2], cfg)
+  graphs = sampling.generate(graphdef, params, PROMPTS[:2], cfg, compiler_options=sampling.CUDA_GRAPHS)
+  assert sampling.generate_jit(sampling.CUDA_GRAPHS) is not sampling.generate_jit(())  # a compile of its own
+  np.testing.assert_array_equal(graphs.tokens, plain.tokens)
+  np.testing.assert_allclose(graphs.logps, plain.logps, atol=1e-6)
+
+
 def test_one_prompt_and_stream_yield_what_a_batch_samples():
   """One prompt runs the model on two rows (a shadow row, sampling.MIN_MODEL_ROWS); it must not change
   row 0: stream's one-row host loop draws the same tokens, and greedy matches recomputation."""
@@ -180,8 +191,9 @@ def test_sharded_params_are_read_in_place_and_sample_like_one_device():
   with jax.set_mesh(mesh):
     sharded = sampling.generate(graphdef, params, prompts, cfg_s)
     tokens, segment_ids = sampling._left_pad(prompts, 0)
-    compiled = sampling._generate.lower(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),
-                                        sampling._traced(cfg_s), sampling=sampling._static(cfg_s), pad_id=0).compile()
+    compiled = sampling.generate_jit().lower(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),
+                                             sampling._traced(cfg_s), sampling=sampling._static(cfg_s),
+                                             pad_id=0).compile()
   single = sampling.generate(graphdef, local, prompts, cfg_s)
   np.testing.assert_array_equal(sharded.tokens, single.tokens)
   np.testing.assert_allclose(sharded.logps, single.logps, atol=1e-5)

@@ -65,7 +65,8 @@ class Setup:
 
 
 MODEL_RECORD = "model.json"
-TRAINING_FIELDS = ("dtype", "param_dtype", "attention", "logprob_impl", "scan_layers", "remat", "head")
+TRAINING_FIELDS = ("dtype", "param_dtype", "attention", "cudnn_max_segments", "logprob_impl", "scan_layers", "remat",
+                   "head")
 
 
 def tokenizer_path(config) -> str:

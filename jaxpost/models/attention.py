@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxpost import mesh as mesh_lib
+from jaxpost.models import packed_attention
 
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -83,24 +84,37 @@ def pallas_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, sli
 
 
 def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, sliding_window=None,
-                          logit_softcap=None, sm_scale=None):
+                          logit_softcap=None, sm_scale=None, cudnn_max_segments=0):
   """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA elsewhere. Segment ids become
-  an explicit (B, 1, T, S) mask."""
+  an explicit (B, 1, T, S) mask, unless `cudnn_max_segments` > 0: then self-attention rows with at most
+  that many runs of equal segment ids go through cuDNN's packed layout, no mask (packed_attention.py)."""
   if logit_softcap is not None:
     raise ValueError("config.model.attention: 'cudnn' does not support logit soft-capping; use 'pallas'")
-  mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]  # (B, 1, T, S)
-  window = None if sliding_window is None else (sliding_window - 1, 0)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, local_window_size=window,
-                                      implementation="cudnn" if jax.default_backend() == "gpu" else None)
+
+  def dense():
+    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]  # (B, 1, T, S)
+    window = None if sliding_window is None else (sliding_window - 1, 0)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal,
+                                        local_window_size=window,
+                                        implementation="cudnn" if jax.default_backend() == "gpu" else None)
+
+  if cudnn_max_segments <= 0 or q_segment_ids is not kv_segment_ids:
+    return dense()
+  try:
+    return packed_attention.packed_attention(q, k, v, q_segment_ids, max_runs=cudnn_max_segments, dense=dense,
+                                             causal=causal, sliding_window=sliding_window, sm_scale=sm_scale)
+  except NotImplementedError as e:  # cuDNN's shape/arch checks run while tracing.
+    raise ValueError(f"config.model.cudnn_max_segments: cuDNN's packed layout is unavailable here ({e}); "
+                     "set it to 0") from None
 
 
-def auto_attention(q, k, v, **kwargs):
+def auto_attention(q, k, v, cudnn_max_segments=0, **kwargs):
   """Pallas on TPU; on GPU cuDNN unless soft-capping needs Pallas; XLA on CPU (interpret mode is slow)."""
   backend = jax.default_backend()
   if backend == "tpu" or (backend == "gpu" and kwargs.get("logit_softcap") is not None):
     return pallas_attention(q, k, v, **kwargs)
   if backend == "gpu":
-    return dot_product_attention(q, k, v, **kwargs)
+    return dot_product_attention(q, k, v, cudnn_max_segments=cudnn_max_segments, **kwargs)
   return xla_attention(q, k, v, **kwargs)
 
 
@@ -108,8 +122,10 @@ IMPLEMENTATIONS = {"xla": xla_attention, "pallas": pallas_attention, "cudnn": do
                    "auto": auto_attention}
 
 
-def attend(impl: str, q, k, v, **kwargs):
-  """Dispatches to the named implementation (see IMPLEMENTATIONS)."""
+def attend(impl: str, q, k, v, *, cudnn_max_segments: int = 0, **kwargs):
+  """Dispatches to the named implementation (see IMPLEMENTATIONS); only cuDNN reads `cudnn_max_segments`."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"config.model.attention: {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+  if impl in ("cudnn", "auto"):
+    kwargs["cudnn_max_segments"] = cudnn_max_segments
   return IMPLEMENTATIONS[impl](q, k, v, **kwargs)

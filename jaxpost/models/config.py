@@ -52,6 +52,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "xla"
+  cudnn_max_segments: int = 0         # cuDNN's packed layout for rows of at most this many segment runs; 0 = mask.
   logprob_impl: str = "auto"
   scan_layers: bool = False
   remat: str = "none"

@@ -26,8 +26,11 @@ from jaxpost.models.config import ModelConfig
 from jaxpost.models.layers import Embed, GatedMLP, RMSNorm, apply_rope, param, rope_inv_frequencies
 
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each block's input; recompute the rest
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep the matmul outputs
+    # keep the matmul outputs in pinned host memory: device memory of "full", recompute of "dots", paid for
+    # in host<->device copies (which XLA can overlap with the following layers' compute)
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
 
 
@@ -77,7 +80,7 @@ class Attention(nnx.Module):
       k_all, v_all = kv_cache.write_layer(cache.k, cache.v, cache.layer, cache.index, k, v)
     if cache is None or t > 1:
       out = attention_lib.attend(cfg.attention, q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                                 causal=True, **options)  # (B, T, H, hd)
+                                 causal=True, cudnn_max_segments=cfg.cudnn_max_segments, **options)  # (B, T, H, hd)
     else:  # One query per row is memory-bound: plain XLA over the cache, whatever `cfg.attention` says.
       visible = cache.visible
       if self.sliding_window is not None:  # (B, S): keys within the window of this query's position.

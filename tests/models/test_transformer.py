@@ -46,7 +46,7 @@ def test_packed_row_equals_separate_sequences():
   np.testing.assert_allclose(out[:, 5:], model(y), atol=1e-5)
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", ["full", "dots", "offload"])
 def test_scan_and_remat_match_the_plain_loop(remat):
   plain = _model()
   scanned = _model(scan_layers=True, remat=remat)
