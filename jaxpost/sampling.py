@@ -266,17 +266,19 @@ def stream(graphdef, params, prompt: list[int], sampling: SamplingConfig, *, pad
   `generate` with the same seed). The stop token, if reached, is yielded last."""
   if sampling.num_samples != 1:
     raise ValueError(f"stream: num_samples must be 1, got {sampling.num_samples}")
-  tokens, segment_ids = _left_pad([prompt], pad_id)
+  rows = MIN_MODEL_ROWS  # The prompt and shadow copies of it, as in `_generate`; only row 0 is sampled.
+  tokens, segment_ids = _left_pad([prompt] * rows, pad_id)
   n, static, traced = sampling.max_new_tokens, _static(sampling), _traced(sampling)
   logits, cache = _prefill_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),
                                max_len=tokens.shape[1] + n)
   for i in range(n):
-    token, _ = _sample_jit(logits, traced, i, sampling=static)
+    token, _ = _sample_jit(logits[:1], traced, i, sampling=static)
     value = int(token[0])
     yield value
     if value in sampling.stop_token_ids or i == n - 1:
       return
-    logits, cache = _decode_jit(graphdef, params, cache, token, jnp.asarray([len(prompt) + i], jnp.int32))
+    logits, cache = _decode_jit(graphdef, params, cache, jnp.full((rows,), value, jnp.int32),
+                                jnp.full((rows,), len(prompt) + i, jnp.int32))
 
 
 # ---------------------------------------------------------------- Greedy (evaluation)

@@ -166,7 +166,8 @@ def test_cuda_graph_compiler_options_leave_the_samples_unchanged():
 
 def test_one_prompt_and_stream_yield_what_a_batch_samples():
   """One prompt runs the model on two rows (a shadow row, sampling.MIN_MODEL_ROWS); it must not change
-  row 0: stream's one-row host loop draws the same tokens, and greedy matches recomputation."""
+  row 0: stream's host loop (which runs the shadow row too) draws the same tokens, and greedy matches
+  recomputation."""
   graphdef, params = _model()
   cfg = sampling.SamplingConfig(max_new_tokens=6, seed=11)
   out = sampling.generate(graphdef, params, PROMPTS[:1], cfg)
