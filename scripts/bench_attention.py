@@ -9,7 +9,8 @@ packed layout instead, `model.cudnn_max_segments` = 4, on CPU its jnp reference)
 runs after --warmup runs, each ended by block_until_ready. FLOPs are the nominal causal count,
 fwd = 4 * B * H * T * T * D / 2 (H = query heads) and bwd = 2.5 * fwd, also for the segment row
 (so its TFLOP/s compare time, not useful work). "x cuDNN" = cuDNN time / this time (> 1: faster).
-"err" = max |out - out_xla| of the forward. A variant that fails prints an ERROR row.
+"err" = max |out - out_xla| of the forward; "grad err" = max over dq, dk, dv of max |g - g_xla| / max |g_xla|.
+A variant that fails prints an ERROR row.
 """
 import argparse
 import statistics
@@ -61,7 +62,7 @@ def _median_ms(fn, *xs, warmup, iters):
 
 
 def _measure(attn, q, k, v, do, args):
-  """(fwd ms, fwd+bwd ms, forward output)."""
+  """(fwd ms, fwd+bwd ms, forward output, (dq, dk, dv))."""
   fwd = jax.jit(attn)
 
   @jax.jit
@@ -71,7 +72,7 @@ def _measure(attn, q, k, v, do, args):
 
   fwd_ms = _median_ms(fwd, q, k, v, warmup=args.warmup, iters=args.iters)
   both_ms = _median_ms(fwd_bwd, q, k, v, warmup=args.warmup, iters=args.iters)
-  return fwd_ms, both_ms, fwd(q, k, v)
+  return fwd_ms, both_ms, fwd(q, k, v), fwd_bwd(q, k, v)[1]
 
 
 def main():
@@ -80,16 +81,21 @@ def main():
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--impls", default="jaxpost,cudnn,packed,xla")
+  parser.add_argument("--configs", default=None, help="comma-separated row names to run (default: all), e.g. causal")
   args = parser.parse_args()
   if args.small:
     args.iters, args.warmup = min(args.iters, 3), 1
   impls = args.impls.split(",")
   print(f"jax {jax.__version__}, device: {jax.devices()[0].device_kind}, dtype bf16, causal")
   header = (f"{'config':<12} {'impl':<8} {'fwd ms':>9} {'TFLOP/s':>8} {'f+b ms':>9} {'TFLOP/s':>8} "
-            f"{'fwd x cuDNN':>11} {'f+b x cuDNN':>11} {'err':>8}")
+            f"{'fwd x cuDNN':>11} {'f+b x cuDNN':>11} {'err':>8} {'grad err':>9}")
   print(header)
   print("-" * len(header))
-  for name, B, T, Nq, Nkv, D, n_seg in _configs(args.small):
+  configs = _configs(args.small)
+  if args.configs:
+    wanted = args.configs.split(",")
+    configs = [c for c in configs if c[0] in wanted or c[0].split()[0] in wanted]
+  for name, B, T, Nq, Nkv, D, n_seg in configs:
     ks = jax.random.split(jax.random.key(0), 4)
     q = jax.random.normal(ks[0], (B, T, Nq, D), jnp.bfloat16)
     k = jax.random.normal(ks[1], (B, T, Nkv, D), jnp.bfloat16)
@@ -98,15 +104,18 @@ def main():
     segments = None if n_seg == 1 else jnp.broadcast_to(
         jnp.arange(T, dtype=jnp.int32) * n_seg // T, (B, T))  # (B, T), equal-length segments
     fwd_tflop = 4 * B * Nq * T * T * D / 2 / 1e12
-    results, reference_out = {}, None
+    results, reference_out, reference_grads = {}, None, None
     for impl in sorted(impls, key=lambda i: i != "xla"):  # xla first: its output is the reference
       try:
-        fwd_ms, both_ms, out = _measure(_impl(impl, segments, q.shape, args), q, k, v, do, args)
+        fwd_ms, both_ms, out, grads = _measure(_impl(impl, segments, q.shape, args), q, k, v, do, args)
+        grads = [g.astype(jnp.float32) for g in grads]
         if impl == "xla":
-          reference_out = out.astype(jnp.float32)
+          reference_out, reference_grads = out.astype(jnp.float32), grads
         err = (float(jnp.max(jnp.abs(out.astype(jnp.float32) - reference_out)))
                if reference_out is not None else float("nan"))
-        results[impl] = (fwd_ms, both_ms, err)
+        gerr = (max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(grads, reference_grads))
+                if reference_grads is not None else float("nan"))
+        results[impl] = (fwd_ms, both_ms, err, gerr)
       except Exception as e:  # one failing variant must not abort the table
         results[impl] = e
         if args.small is False:
@@ -118,10 +127,10 @@ def main():
         msg = f"{type(r).__name__}: {str(r).strip().splitlines()[0] if str(r).strip() else ''}"
         print(f"{name:<12} {impl:<8} ERROR {msg[:100]}")
         continue
-      fwd_ms, both_ms, err = r
+      fwd_ms, both_ms, err, gerr = r
       ratio = lambda i: (f"{cudnn[i] / r[i]:.2f}" if isinstance(cudnn, tuple) else "-")
       print(f"{name:<12} {impl:<8} {fwd_ms:9.3f} {fwd_tflop / fwd_ms * 1e3:8.3g} {both_ms:9.3f} "
-            f"{3.5 * fwd_tflop / both_ms * 1e3:8.3g} {ratio(0):>11} {ratio(1):>11} {err:8.1e}")
+            f"{3.5 * fwd_tflop / both_ms * 1e3:8.3g} {ratio(0):>11} {ratio(1):>11} {err:8.1e} {gerr:9.1e}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ rollout rows (`rollout.rollout_batch`), then one jitted GRPO step (ppo_clip, tok
 Rewards are random (host work is not what this measures). Prints rollout and train seconds,
 tokens/s (sampled completion tokens / iteration time), and `rollout_x_roofline`: rollout time (prefill,
 decode and the copy to the host) over the ideal decode time of its P*G rows (scripts/roofline.py; the
-#11 goal is <= 2). `--graphs` compiles the sampler with sampling.CUDA_GRAPHS.
+#11 goal is <= 2). `--graphs` then repeats the iterations with the sampler compiled with
+sampling.CUDA_GRAPHS (one result line per engine).
 """
 import argparse
 import time
@@ -37,7 +38,7 @@ def main():
   parser.add_argument("--prompt_len", type=int, default=None, help="tokens per prompt (256; 16 with --small)")
   parser.add_argument("--new_tokens", type=int, default=None, help="completion tokens (512; 16 with --small)")
   parser.add_argument("--iters", type=int, default=3)
-  parser.add_argument("--graphs", action="store_true", help="sampler compiled with sampling.CUDA_GRAPHS")
+  parser.add_argument("--graphs", action="store_true", help="also time the sampler with sampling.CUDA_GRAPHS")
   args = parser.parse_args()
   p = args.prompts or (4 if args.small else 32)
   g = args.generations
@@ -58,37 +59,37 @@ def main():
                          out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
     rng = np.random.default_rng(0)
     prompts = rng.integers(3, cfg.vocab_size, size=(p, prompt_len)).tolist()
-    times = []
-    for it in range(args.iters + 1):
-      t0 = time.perf_counter()
-      out = sampling.generate(graphdef, train_state["params"], prompts, sampling.SamplingConfig(
-          max_new_tokens=new, temperature=1.0, num_samples=g, seed=it),
-          compiler_options=sampling.CUDA_GRAPHS if args.graphs else ())
-      t1 = time.perf_counter()
-      batch = rollout.rollout_batch(prompts, out.completions(), out.logps, num_samples=g,
-                                    seq_len=prompt_len + new - 1)
-      rewards = rng.random((p, g)).astype(np.float32)
-      batch["advantages"] = np.asarray(grpo.compute_advantages(rewards, None, "grpo")).reshape(-1)
-      train_state, metrics = train_step(train_state, mesh_lib.global_batch(batch, mesh), None)
-      jax.block_until_ready(metrics["loss"])
-      t2 = time.perf_counter()
-      print(f"iteration {it}{' (compiles)' if it == 0 else ''}: rollout {t1 - t0:.2f} s, train {t2 - t1:.2f} s",
-            flush=True)  # Progress, so a run cut short by a time limit still says something.
-      if it:  # The first iteration compiles.
-        times.append((t1 - t0, t2 - t1, int(out.lengths.sum())))
-  bandwidth = copy_bandwidth((64 << 20) if args.small else (2 << 30))
-  ideal_s = ideal_decode_seconds(cfg, p * g, prompt_len, new, bandwidth)
-  rollout_s = float(np.median([t[0] for t in times]))
-  train_s = float(np.median([t[1] for t in times]))
-  tokens = float(np.median([t[2] for t in times]))
-  print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}; model "
-        f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new tokens; "
-        f"copy bandwidth {bandwidth / 1e9:.0f} GB/s{'; sampler with CUDA graphs' if args.graphs else ''}")
-  print(f"rollout_s={rollout_s:.3f} train_s={train_s:.3f} iteration_s={rollout_s + train_s:.3f} "
-        f"sampled_tokens={tokens:.0f} tokens/s={tokens / (rollout_s + train_s):.1f} "
-        f"rollout_share={rollout_s / (rollout_s + train_s):.0%} decode_roofline_s={ideal_s:.3f} "
-        f"rollout_x_roofline={rollout_s / ideal_s:.2f}")
-
+    bandwidth = copy_bandwidth((64 << 20) if args.small else (2 << 30))
+    ideal_s = ideal_decode_seconds(cfg, p * g, prompt_len, new, bandwidth)
+    print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}; model "
+          f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new "
+          f"tokens; copy bandwidth {bandwidth / 1e9:.0f} GB/s; decode roofline {ideal_s:.3f} s", flush=True)
+    engines = [("plain", ())] + ([("cuda_graphs", sampling.CUDA_GRAPHS)] if args.graphs else [])
+    for engine, options in engines:  # One process: the train step compiles once for both samplers.
+      times = []
+      for it in range(args.iters + 1):
+        t0 = time.perf_counter()
+        out = sampling.generate(graphdef, train_state["params"], prompts, sampling.SamplingConfig(
+            max_new_tokens=new, temperature=1.0, num_samples=g, seed=it), compiler_options=options)
+        t1 = time.perf_counter()
+        batch = rollout.rollout_batch(prompts, out.completions(), out.logps, num_samples=g,
+                                      seq_len=prompt_len + new - 1)
+        rewards = rng.random((p, g)).astype(np.float32)
+        batch["advantages"] = np.asarray(grpo.compute_advantages(rewards, None, "grpo")).reshape(-1)
+        train_state, metrics = train_step(train_state, mesh_lib.global_batch(batch, mesh), None)
+        jax.block_until_ready(metrics["loss"])
+        t2 = time.perf_counter()
+        print(f"{engine} iteration {it}{' (compiles)' if it == 0 else ''}: rollout {t1 - t0:.2f} s, "
+              f"train {t2 - t1:.2f} s", flush=True)  # Progress, so a run cut short still says something.
+        if it:  # The first iteration compiles.
+          times.append((t1 - t0, t2 - t1, int(out.lengths.sum())))
+      rollout_s = float(np.median([t[0] for t in times]))
+      train_s = float(np.median([t[1] for t in times]))
+      tokens = float(np.median([t[2] for t in times]))
+      print(f"engine={engine} rollout_s={rollout_s:.3f} train_s={train_s:.3f} iteration_s={rollout_s + train_s:.3f} "
+            f"sampled_tokens={tokens:.0f} tokens/s={tokens / (rollout_s + train_s):.1f} "
+            f"rollout_share={rollout_s / (rollout_s + train_s):.0%} rollout_x_roofline={rollout_s / ideal_s:.2f}",
+            flush=True)
 
 if __name__ == "__main__":
   main()

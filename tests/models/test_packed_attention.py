@@ -2,7 +2,7 @@
 
 On CPU the packed kernel is `packed_reference`, an independent jnp reading of cuDNN's documented layout,
 so these tests check the runs, the fall-back and the wiring; cuDNN itself is checked by
-`scripts/bench_attention.py` on a GPU (its err column)."""
+`scripts/bench_attention.py` on a GPU (its err and grad err columns)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
