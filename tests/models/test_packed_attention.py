@@ -96,3 +96,19 @@ def test_negative_max_segments_is_a_config_error():
   c.model.cudnn_max_segments = -1
   with pytest.raises(config_lib.ConfigError, match="config.model.cudnn_max_segments"):
     config_lib.validate(c)
+
+
+def test_sharded_rows_equal_one_device():
+  """Rows split over 4 devices (the runs are per row, the fall-back predicate is a reduction over all
+  rows) give the single-device result, on both branches."""
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:4])
+  q, k, v = _qkv(b=4, seed=4)
+  seg = jnp.concatenate([SEGMENTS, SEGMENTS[:1]])  # (4, 16)
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  for max_segments in (4, 2):  # packed branch, dense fall-back
+    fn = jax.jit(lambda q, k, v, s: attention.dot_product_attention(q, k, v, q_segment_ids=s, kv_segment_ids=s,
+                                                                    cudnn_max_segments=max_segments))
+    want = fn(q, k, v, seg)
+    got = fn(*(jax.device_put(x, rows) for x in (q, k, v, seg)))
+    assert len(got.sharding.device_set) == 4
+    np.testing.assert_allclose(got, want, atol=1e-6)
