@@ -53,7 +53,8 @@ def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: in
     out = sampling.generate(graphdef, params, prompts, sample_cfg, compiler_options=compiler_options)
     assert (out.lengths == new).all(), out.lengths  # No early stop: every row decodes N tokens.
 
-  tokens, segment_ids = sampling._left_pad(prompts, 0)  # noqa: SLF001 (time the prefill alone)
+  shadow = [prompts[-1]] * max(sampling.MIN_MODEL_ROWS - batch, 0)  # the rows the sampler's prefill runs
+  tokens, segment_ids = sampling._left_pad(prompts + shadow, 0)  # noqa: SLF001 (time the prefill alone)
   tokens, segment_ids = jnp.asarray(tokens), jnp.asarray(segment_ids)
   max_len = tokens.shape[1] + new
 
