@@ -3,6 +3,7 @@
     python scripts/bench_generate.py            # ~1.2B Llama shape (Llama-3.2-1B), bf16, batch 1/64/256
     python scripts/bench_generate.py --hf_batches 1 --hlo sampler.hlo   # HF at batch 1 only; dump the program
     python scripts/bench_generate.py --no_hf --graphs  # each batch also with the decode loop as a CUDA graph
+    python scripts/bench_generate.py --batches 1 --no_hf --profile /tmp/prof  # where a decode step's time goes
     python scripts/bench_generate.py --small    # CPU smoke run on a tiny model
 
 Each batch row gets a 128-token prompt and samples exactly 128 new tokens (temperature 1, no stop
@@ -14,6 +15,7 @@ compute-bound and the fraction falls for that reason, not only for waste. HF row
 transformers, same shape, random weights, bf16, sdpa attention) run only when both import.
 """
 import argparse
+import os
 import time
 
 import jax
@@ -22,6 +24,7 @@ import numpy as np
 
 from jaxpost import sampling, state
 from jaxpost.models import ModelConfig
+from profile_summary import summarize  # scripts/profile_summary.py
 from roofline import copy_bandwidth, ideal_decode_seconds  # scripts/roofline.py
 
 LLAMA_1B = dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
@@ -121,6 +124,9 @@ def main():
   parser.add_argument("--hf_batches", default=None, help="batch sizes that also get an HF row (default: all)")
   parser.add_argument("--hlo", default=None, help="write the optimised HLO of the first batch's sampler here")
   parser.add_argument("--attention", default=None, help="prefill attention impl (default: auto; xla with --small)")
+  parser.add_argument("--profile", default=None,
+                      help="trace one generate call at the first batch into this directory and print where the "
+                           "device time went (scripts/profile_summary.py); with --graphs, the graph sampler too")
   parser.add_argument("--graphs", action="store_true",
                       help="also time each batch with sampling.CUDA_GRAPHS (the decode loop as one CUDA graph)")
   parser.add_argument("--lora_rank", type=int, default=0,
@@ -177,6 +183,8 @@ def main():
         rows.append(("hf generate", batch, batch * new / hf, float("nan"), 1e3 * hf / new, ideal / hf))
         print_row(rows[-1])
 
+  if args.profile:
+    profile(args.profile, cfg, params, graphdef, batches[0], prompt_len, new, args.graphs)
   print("summary:")
   print_row(None)
   for row in rows:
@@ -194,6 +202,22 @@ def print_row(row) -> None:
   engine, batch, tps, pre, step, frac = row
   print(" | ".join([f"{engine:>12}", f"{batch:>12d}", f"{tps:>12.1f}", f"{pre:>12.1f}", f"{step:>12.2f}",
                     f"{frac:>12.1%}"]), flush=True)
+
+
+def profile(trace_dir: str, cfg, params, graphdef, batch: int, prompt_len: int, new: int, graphs: bool) -> None:
+  """Traces one (already compiled) generate call per engine and prints its device-time summary."""
+  prompts = _prompts(cfg, batch, prompt_len)
+  sample_cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
+  for engine, options in [("plain", ())] + ([("cuda_graphs", sampling.CUDA_GRAPHS)] if graphs else []):
+    try:
+      sampling.generate(graphdef, params, prompts, sample_cfg, compiler_options=options)  # compiled, warm
+      path = os.path.join(trace_dir, engine)
+      with jax.profiler.trace(path):
+        sampling.generate(graphdef, params, prompts, sample_cfg, compiler_options=options)
+      print(f"profile of generate, {engine}, batch {batch} ({new} steps, prefill included):\n"
+            + summarize(path, steps=new), flush=True)
+    except Exception as e:  # Diagnostics must not cost the table.
+      print(f"profile {engine}: {type(e).__name__}: {str(e).strip().splitlines()[:1]}", flush=True)
 
 
 def write_hlo(path: str, graphdef, params, prompts, new: int) -> None:

@@ -181,6 +181,14 @@ def time_jaxpost(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
         losses.append(metrics["loss"])
     losses = [float(x) for x in losses]  # Read back after the timed loop: no host sync inside it.
+    if spec.get("profile"):  # Two more steps under the profiler, after the timed ones.
+      from profile_summary import summarize  # scripts/profile_summary.py
+      trace_dir = os.path.join(spec["profile"], _variant_name(spec).replace(" ", "_").replace("=", "-"))
+      with jax.profiler.trace(trace_dir):
+        for batch in batches[:2]:
+          state, metrics = train_step(state, batch, None)
+        jax.block_until_ready((state, metrics))
+      memory["profile"] = summarize(trace_dir, steps=2)
   cache_size = train_step._cache_size() if hasattr(train_step, "_cache_size") else None
   timed = times[spec["warmup"]:]
   return dict(step_ms=1e3 * statistics.median(timed), min_ms=1e3 * min(timed), first_call_s=times[0],
@@ -352,6 +360,9 @@ def parse_args(argv=None):
   run.add_argument("--compiled_memory", action="store_true",
                    help="also print XLA's temp-buffer plan of the step (device and host GiB); the step then "
                         "compiles before the first call, which first_call_s no longer includes")
+  run.add_argument("--profile", default=None,
+                   help="trace two more steps of each variant into this directory and print where the device time "
+                        "went (scripts/profile_summary.py)")
   run.add_argument("--json", default=None, help="also append each row's spec and result to this JSON-lines file")
   run.add_argument("--verbose", action="store_true", help="pass the children's stderr through")
   p.add_argument("--child", nargs=2, metavar=("KIND", "SPEC_JSON"), help=argparse.SUPPRESS)
@@ -370,7 +381,8 @@ def make_spec(args) -> dict:
   spec.update(tie=args.tie, dtype=args.dtype, param_dtype=args.param_dtype, attention=args.attention,
               logprob_impl=args.logprob_impl, cudnn_max_segments=args.cudnn_max_segments, remat=args.remat,
               scan=args.scan, grad_accum=args.grad_accum,
-              mesh=mesh, hf_force=bool(args.hf), compiled_memory=args.compiled_memory)
+              mesh=mesh, hf_force=bool(args.hf), compiled_memory=args.compiled_memory,
+              profile=os.path.abspath(args.profile) if args.profile else None)
   return spec
 
 
@@ -407,6 +419,8 @@ def main(argv=None) -> None:
     else:
       r = run_child(kind, s, left, args.verbose)
     print(format_row(name, s, r, flops, args.peak_tflops), flush=True)
+    if "profile" in r:
+      print(r["profile"], flush=True)
     if "stderr_tail" in r:  # A one-shot device run must show why a variant failed.
       print("  | " + "\n  | ".join(r["stderr_tail"].strip().splitlines()[-8:]), flush=True)
     if args.json:

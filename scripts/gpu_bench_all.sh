@@ -5,6 +5,7 @@
 # Owed as of 2026-11-26, in order of value (two calls of <= 600 s; the device budget is 900 s in all):
 #   `generate attention_packed` (~450 s), then `rl train_packed` (~410 s).
 # Each benchmark has its own time limit and writes its table to ${OUT:-/tmp/jaxpost-bench}/NAME.txt.
+# `--profile` runs print a device-time summary (scripts/profile_summary.py); the traces stay in /tmp.
 # Budget: on a fresh H100 (2026-11-26) each Python process needed 60-90 s (JAX start-up, 1.24B param
 # init, first compiles) before its first line; the limits below leave room for that.
 set -uo pipefail
@@ -31,13 +32,13 @@ for what in "$@"; do
     logprobs) run logprobs 200 python3 scripts/bench_logprobs.py --timeout 60 ;;
     logprobs_baseline) run logprobs_baseline 110 python3 scripts/bench_logprobs.py --timeout 50 --impls chunked,baseline ;;
     train) run train 200 python3 scripts/bench_train.py --time_budget_s 180 --json "$out/train.jsonl" ;;
-    train_packed) run train_packed 150 python3 scripts/bench_train.py --no-hf --cudnn_max_segments 2 \
-      --time_budget_s 140 --json "$out/train.jsonl" ;;
+    train_packed) run train_packed 170 python3 scripts/bench_train.py --no-hf --cudnn_max_segments 2 \
+      --profile /tmp/jaxpost-prof/train --time_budget_s 160 --json "$out/train.jsonl" ;;
     train_naive) run train_naive 150 python3 scripts/bench_train.py --no-hf --logprob_impl naive \
       --time_budget_s 140 --json "$out/train.jsonl" ;;
     sweep) run sweep 420 python3 scripts/bench_train.py --no-hf --sweep --time_budget_s 400 --json "$out/train.jsonl" ;;
     generate) run generate 300 python3 scripts/bench_generate.py --graphs --hf_batches 1 --iters 2 \
-      --hlo "$out/sampler_b1.hlo" ;;
+      --hlo "$out/sampler_b1.hlo" --profile /tmp/jaxpost-prof/generate ;;
     rl) run rl 260 python3 scripts/bench_rl.py --iters 2 --graphs ;;
   esac
 done
