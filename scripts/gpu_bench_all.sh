@@ -3,7 +3,7 @@
 # Usage (on a GPU machine with .whl/ filled by ../shared/device/wheels.sh):
 #   bash scripts/gpu_bench_all.sh [attention] [logprobs] [train] [generate] [rl] ...  (names: see the case below)
 # Owed as of 2026-11-26, in order of value (two calls of <= 600 s; the device budget is 900 s in all):
-#   `generate attention_packed` (~450 s), then `rl train_packed` (~410 s).
+#   `generate attention_packed` (~480 s), then `rl train_packed` (~430 s).
 # Each benchmark has its own time limit and writes its table to ${OUT:-/tmp/jaxpost-bench}/NAME.txt.
 # `--profile` runs print a device-time summary (scripts/profile_summary.py); the traces stay in /tmp.
 # Budget: on a fresh H100 (2026-11-26) each Python process needed 60-90 s (JAX start-up, 1.24B param
@@ -37,8 +37,8 @@ for what in "$@"; do
     train_naive) run train_naive 150 python3 scripts/bench_train.py --no-hf --logprob_impl naive \
       --time_budget_s 140 --json "$out/train.jsonl" ;;
     sweep) run sweep 420 python3 scripts/bench_train.py --no-hf --sweep --time_budget_s 400 --json "$out/train.jsonl" ;;
-    generate) run generate 300 python3 scripts/bench_generate.py --graphs --hf_batches 1 --iters 2 \
-      --hlo "$out/sampler_b1.hlo" --profile /tmp/jaxpost-prof/generate ;;
+    generate) run generate 330 python3 scripts/bench_generate.py --graphs --hf_batches 1 --iters 2 \
+      --profile /tmp/jaxpost-prof/generate ;;  # 2 sampler compiles a batch; add --hlo FILE for the program
     rl) run rl 260 python3 scripts/bench_rl.py --iters 2 --graphs ;;
   esac
 done
