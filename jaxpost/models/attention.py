@@ -103,7 +103,7 @@ def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True
   try:
     return packed_attention.packed_attention(q, k, v, q_segment_ids, max_runs=cudnn_max_segments, dense=dense,
                                              causal=causal, sliding_window=sliding_window, sm_scale=sm_scale)
-  except NotImplementedError as e:  # cuDNN's shape/arch checks run while tracing.
+  except (NotImplementedError, TypeError) as e:  # cuDNN's checks (or a changed jax binding) fail while tracing.
     raise ValueError(f"config.model.cudnn_max_segments: cuDNN's packed layout is unavailable here ({e}); "
                      "set it to 0") from None
 

@@ -72,8 +72,9 @@ def cudnn_packed_kernel(q, k, v, seqlens, offsets, *, causal=True, sliding_windo
   from jax._src.cudnn import fused_attention_stablehlo as cudnn
   mask_type = cudnn.MaskType.PADDING_CAUSAL if causal else cudnn.MaskType.PADDING
   scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-  return cudnn.dot_product_attention(q, k, v, None, None, seqlens, seqlens, offsets, offsets, scale=scale,
-                                     mask_type=mask_type, sliding_window_length=sliding_window)
+  return cudnn.dot_product_attention(q, k, v, q_seqlen=seqlens, kv_seqlen=seqlens, q_offsets=offsets,
+                                     kv_offsets=offsets, scale=scale, mask_type=mask_type,
+                                     sliding_window_length=sliding_window)
 
 
 def packed_attention(q, k, v, segment_ids, *, max_runs: int, dense, causal=True, sliding_window=None,

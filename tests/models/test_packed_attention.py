@@ -112,3 +112,16 @@ def test_sharded_rows_equal_one_device():
     got = fn(*(jax.device_put(x, rows) for x in (q, k, v, seg)))
     assert len(got.sharding.device_set) == 4
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_the_cudnn_binding_takes_the_arguments_we_pass():
+  """cuDNN itself needs a GPU; this checks that jax's internal binding (not a public API, so it may drift
+  between jax versions) still has every keyword `cudnn_packed_kernel` passes, and the mask types."""
+  import inspect
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn
+  q, k, v = _qkv()
+  seqlens, offsets, _ = segment_runs(SEGMENTS, 4)
+  inspect.signature(cudnn.dot_product_attention).bind(
+      q, k, v, q_seqlen=seqlens, kv_seqlen=seqlens, q_offsets=offsets, kv_offsets=offsets, scale=1.0,
+      mask_type=cudnn.MaskType.PADDING_CAUSAL, sliding_window_length=None)
+  assert cudnn.MaskType.PADDING.name == "PADDING"
