@@ -344,8 +344,9 @@ def parse_args(argv=None):
   plan.add_argument("--attention", default="auto", choices=config_lib.ATTENTION_IMPLS)
   plan.add_argument("--logprob_impl", default="auto", choices=config_lib.LOGPROB_IMPLS,
                     help="auto (the config default) is chunked on GPU; PERF.md's baseline is naive")
-  plan.add_argument("--cudnn_max_segments", type=int, default=0,
-                    help="model.cudnn_max_segments: cuDNN's packed layout instead of a dense mask (0 = mask)")
+  plan.add_argument("--cudnn_max_segments", default="0",
+                    help="model.cudnn_max_segments: cuDNN's packed layout instead of a dense mask (0 = mask); "
+                         "a comma-separated list runs one variant per value, e.g. 0,2")
   plan.add_argument("--remat", default="none", choices=config_lib.REMAT_POLICIES, help="ignored by --sweep")
   plan.add_argument("--scan", action=argparse.BooleanOptionalAction, default=False, help="scan over layers (ignored by --sweep)")
   plan.add_argument("--grad_accum", type=int, default=1)
@@ -369,6 +370,13 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def _ints(text: str) -> list[int]:
+  try:
+    return [int(x) for x in text.split(",")]
+  except ValueError:
+    raise SystemExit(f"--cudnn_max_segments: expected integers separated by commas, got {text!r}") from None
+
+
 def make_spec(args) -> dict:
   """The child's measurement spec: shape from the preset (FULL or SMALL) unless given, plus the plan."""
   preset = SMALL if args.small else FULL
@@ -379,7 +387,7 @@ def make_spec(args) -> dict:
   if spec["warmup"] < 1 or spec["steps"] < 1:
     raise SystemExit(f"--warmup ({spec['warmup']}) and --steps ({spec['steps']}) must be >= 1: the first call compiles")
   spec.update(tie=args.tie, dtype=args.dtype, param_dtype=args.param_dtype, attention=args.attention,
-              logprob_impl=args.logprob_impl, cudnn_max_segments=args.cudnn_max_segments, remat=args.remat,
+              logprob_impl=args.logprob_impl, cudnn_max_segments=_ints(args.cudnn_max_segments)[0], remat=args.remat,
               scan=args.scan, grad_accum=args.grad_accum,
               mesh=mesh, hf_force=bool(args.hf), compiled_memory=args.compiled_memory,
               profile=os.path.abspath(args.profile) if args.profile else None)
@@ -430,10 +438,11 @@ def main(argv=None) -> None:
 
   # HF runs right after the first jaxpost variant, so a tight --time_budget_s still yields the ratio.
   hf_wanted = args.hf if args.hf is not None else all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
-  plans = SWEEP if args.sweep else [(spec["remat"], spec["scan"])]
+  plans = [(remat, scan, segments) for remat, scan in (SWEEP if args.sweep else [(spec["remat"], spec["scan"])])
+           for segments in _ints(args.cudnn_max_segments)]
   ours, hf = {}, None
-  for i, (remat, scan) in enumerate(plans):
-    s = dict(spec, remat=remat, scan=scan)
+  for i, (remat, scan, segments) in enumerate(plans):
+    s = dict(spec, remat=remat, scan=scan, cudnn_max_segments=segments)
     r = measure("jaxpost", _variant_name(s), s)
     if "step_ms" in r:
       ours[_variant_name(s)] = r
