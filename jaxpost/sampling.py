@@ -257,8 +257,9 @@ def _decode_jit(graphdef, params, cache, token, position):
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sample_jit(logits, traced, i, *, sampling):
-  return sample_logits(logits, jax.random.fold_in(traced["key"], i), sampling, temperature=traced["temperature"],
-                       top_p=traced["top_p"])
+  """Samples row 0 only (the others are shadow rows)."""
+  return sample_logits(logits[:1], jax.random.fold_in(traced["key"], i), sampling,
+                       temperature=traced["temperature"], top_p=traced["top_p"])
 
 
 def stream(graphdef, params, prompt: list[int], sampling: SamplingConfig, *, pad_id: int = 0) -> Iterator[int]:
@@ -272,13 +273,13 @@ def stream(graphdef, params, prompt: list[int], sampling: SamplingConfig, *, pad
   logits, cache = _prefill_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),
                                max_len=tokens.shape[1] + n)
   for i in range(n):
-    token, _ = _sample_jit(logits[:1], traced, i, sampling=static)
+    token, _ = _sample_jit(logits, traced, i, sampling=static)
     value = int(token[0])
     yield value
     if value in sampling.stop_token_ids or i == n - 1:
       return
-    logits, cache = _decode_jit(graphdef, params, cache, jnp.full((rows,), value, jnp.int32),
-                                jnp.full((rows,), len(prompt) + i, jnp.int32))
+    logits, cache = _decode_jit(graphdef, params, cache, np.full((rows,), value, np.int32),
+                                np.full((rows,), len(prompt) + i, np.int32))  # host inputs: no eager device ops
 
 
 # ---------------------------------------------------------------- Greedy (evaluation)

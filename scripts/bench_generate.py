@@ -153,26 +153,23 @@ def main():
   rows = []
   for batch in batches:
     ideal = ideal_decode_seconds(cfg, batch, prompt_len, new, bandwidth)
-    total, prefill = bench_jaxpost(cfg, params, graphdef, batch, prompt_len, new, args.iters)
-    decode = max(total - prefill, 1e-9)
-    rows.append(("jaxpost", batch, batch * new / total, 1e3 * prefill, 1e3 * decode / (new - 1), ideal / decode))
-    print_row(rows[-1])
+
+    def measure(engine, g, p, compiler_options=()):
+      """Times one jaxpost engine at this batch and prints its row."""
+      total, prefill = bench_jaxpost(cfg, p, g, batch, prompt_len, new, args.iters, compiler_options)
+      decode = max(total - prefill, 1e-9)
+      rows.append((engine, batch, batch * new / total, 1e3 * prefill, 1e3 * decode / (new - 1), ideal / decode))
+      print_row(rows[-1])
+
+    measure("jaxpost", graphdef, params)
     if args.graphs:
       try:
-        t_total, t_prefill = bench_jaxpost(cfg, params, graphdef, batch, prompt_len, new, args.iters,
-                                           compiler_options=sampling.CUDA_GRAPHS)
+        measure("+cuda graphs", graphdef, params, sampling.CUDA_GRAPHS)
       except Exception as e:  # An unsupported XLA option must not cost the other rows.
         print(f"+cuda graphs batch {batch}: {type(e).__name__}: {str(e).strip().splitlines()[:1]}", flush=True)
-      else:
-        d = max(t_total - t_prefill, 1e-9)
-        rows.append(("+cuda graphs", batch, batch * new / t_total, 1e3 * t_prefill, 1e3 * d / (new - 1), ideal / d))
-        print_row(rows[-1])
     if args.lora_rank:
       for engine, (g, p) in lora_variants(cfg, mesh, params, args.lora_rank).items():
-        t_total, t_prefill = bench_jaxpost(cfg, p, g, batch, prompt_len, new, args.iters)
-        d = max(t_total - t_prefill, 1e-9)
-        rows.append((engine, batch, batch * new / t_total, 1e3 * t_prefill, 1e3 * d / (new - 1), ideal / d))
-        print_row(rows[-1])
+        measure(engine, g, p)
     if not args.no_hf and batch in hf_batches:
       try:
         hf = bench_hf(shape, batch, prompt_len, new, args.iters)

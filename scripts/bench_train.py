@@ -141,7 +141,7 @@ def build_train_step(config, mesh):
 
 
 def _compiled_memory(train_step, state, batch) -> dict:
-  """XLA's buffer plan for the step (a compile of its own, outside the timed calls): temp bytes on the
+  """XLA's buffer plan for the step (its compile is the one the calls then reuse): temp bytes on the
   device (activations, gradients in flight) and in host memory (remat offload). Any backend, CPU included."""
   analysis = train_step.lower(state, batch, None).compile().memory_analysis()
   if analysis is None:
@@ -173,7 +173,7 @@ def time_jaxpost(spec: dict) -> dict:
     times, losses = [], []
     with CompileCounter() as compiles:
       # The step's compile, shared with the calls below (so still one compilation), when asked for its plan.
-      memory = _compiled_memory(train_step, state, batches[0]) if spec.get("compiled_memory") else {}
+      extra = _compiled_memory(train_step, state, batches[0]) if spec.get("compiled_memory") else {}
       for batch in batches:
         t0 = time.perf_counter()
         state, metrics = train_step(state, batch, None)
@@ -188,14 +188,14 @@ def time_jaxpost(spec: dict) -> dict:
         for batch in batches[:2]:
           state, metrics = train_step(state, batch, None)
         jax.block_until_ready((state, metrics))
-      memory["profile"] = summarize(trace_dir, steps=2)
+      extra["profile"] = summarize(trace_dir, steps=2)
   cache_size = train_step._cache_size() if hasattr(train_step, "_cache_size") else None
   timed = times[spec["warmup"]:]
   return dict(step_ms=1e3 * statistics.median(timed), min_ms=1e3 * min(timed), first_call_s=times[0],
               compilations=compiles.count, compiled=sorted(set(compiles.names)), jit_cache_size=cache_size,
               loss_first=losses[0], loss_last=losses[-1], num_params=model_cfg.num_params(),
               peak_bytes=_peak_bytes(), num_devices=jax.device_count(), device=jax.devices()[0].device_kind,
-              jax=jax.__version__, **memory)
+              jax=jax.__version__, **extra)
 
 
 # ================================================================ HF transformers + torch (child process)
