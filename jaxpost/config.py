@@ -126,6 +126,8 @@ def rl_config() -> ml_collections.ConfigDict:
   c.overlong_buffer = 4         # Soft penalty ramps over the last this-many tokens of the budget.
   c.eval_prompts = 200          # Held-out prompts per evaluation (greedy accuracy).
   c.pass_k = 0                  # Also report pass@k with k samples at `temperature` (0 = off).
+  c.cuda_graphs = False         # Compile the sampler with sampling.CUDA_GRAPHS (decode loop as one CUDA graph;
+                                # XLA:GPU only, other backends ignore it). Same samples; off until timed.
   return c
 
 

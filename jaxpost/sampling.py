@@ -31,9 +31,14 @@ MIN_MODEL_ROWS = 2  # The model runs on at least this many rows (see _generate: 
 # buffers with on-device WHILE/CONDITIONAL; CUDA >= 12.3, XLA drops them silently below). A batch-1 decode
 # step on an H100 was 376 kernels and 1.56 ms against 0.90 ms of HBM traffic; if kernel launches and the
 # per-step read of the loop predicate are the gap, graphs close it. Other backends ignore the options.
-# Opt-in through `generate(..., compiler_options=CUDA_GRAPHS)` until timed on a GPU (bench_generate --graphs).
+# Opt-in (`generate(..., compiler_options=CUDA_GRAPHS)`, config `rl.cuda_graphs`) until timed on a GPU.
 CUDA_GRAPHS = (("xla_gpu_enable_command_buffer", "FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,CONDITIONAL,WHILE"),
                ("xla_gpu_graph_min_graph_size", 1))
+
+
+def engines(cuda_graphs: bool) -> list[tuple[str, tuple]]:
+  """(name, compiler_options) of the sampler variants a benchmark times: plain, then CUDA graphs if asked."""
+  return [("plain", ())] + ([("cuda_graphs", CUDA_GRAPHS)] if cuda_graphs else [])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -205,7 +205,7 @@ def profile(trace_dir: str, cfg, params, graphdef, batch: int, prompt_len: int, 
   """Traces one (already compiled) generate call per engine and prints its device-time summary."""
   prompts = _prompts(cfg, batch, prompt_len)
   sample_cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
-  for engine, options in [("plain", ())] + ([("cuda_graphs", sampling.CUDA_GRAPHS)] if graphs else []):
+  for engine, options in sampling.engines(graphs):
     try:
       sampling.generate(graphdef, params, prompts, sample_cfg, compiler_options=options)  # compiled, warm
       path = os.path.join(trace_dir, engine)

@@ -64,8 +64,7 @@ def main():
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}; model "
           f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new "
           f"tokens; copy bandwidth {bandwidth / 1e9:.0f} GB/s; decode roofline {ideal_s:.3f} s", flush=True)
-    engines = [("plain", ())] + ([("cuda_graphs", sampling.CUDA_GRAPHS)] if args.graphs else [])
-    for engine, options in engines:  # One process: the train step compiles once for both samplers.
+    for engine, options in sampling.engines(args.graphs):  # One process: the train step compiles once for both samplers.
       times = []
       for it in range(args.iters + 1):
         t0 = time.perf_counter()

@@ -141,12 +141,15 @@ def build_train_step(config, mesh):
 
 
 def _compiled_memory(train_step, state, batch) -> dict:
-  """XLA's buffer plan for the step (its compile is the one the calls then reuse): temp bytes on the
-  device (activations, gradients in flight) and in host memory (remat offload). Any backend, CPU included."""
+  """XLA's buffer plan for the step, per device (its compile is the one the calls then reuse): argument
+  bytes (the resident state shard plus the batch: what FSDP divides), temp bytes on the device (activations,
+  gradients in flight: what remat, scan and microbatching cut) and in host memory (remat offload). Any
+  backend, CPU included."""
   analysis = train_step.lower(state, batch, None).compile().memory_analysis()
   if analysis is None:
     return {}
-  return dict(temp_bytes=analysis.temp_size_in_bytes, host_temp_bytes=getattr(analysis, "host_temp_size_in_bytes", 0))
+  return dict(argument_bytes=analysis.argument_size_in_bytes, temp_bytes=analysis.temp_size_in_bytes,
+              host_temp_bytes=getattr(analysis, "host_temp_size_in_bytes", 0))
 
 
 def _peak_bytes():
@@ -317,7 +320,8 @@ def format_row(name: str, spec: dict, r: dict, flops: float, peak_tflops: float)
   row = (f"{name:<44} step_ms={r['step_ms']:.2f} tokens/s={tokens / seconds:.0f} MFU={100 * mfu:.1f}% "
          f"peak_GiB={_gib(r['peak_bytes'])} first_call_s={r['first_call_s']:.1f}")
   if "temp_bytes" in r:
-    row += f" temp_GiB={_gib(r['temp_bytes'])} host_temp_GiB={_gib(r['host_temp_bytes'])}"
+    row += (f" args_GiB={_gib(r['argument_bytes'])} temp_GiB={_gib(r['temp_bytes'])}"
+            f" host_temp_GiB={_gib(r['host_temp_bytes'])}")
   if "compilations" in r:
     row += f" compilations={r['compilations']}"
   return row + f" loss={r['loss_first']:.3f}->{r['loss_last']:.3f}"

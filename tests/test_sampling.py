@@ -164,6 +164,25 @@ def test_cuda_graph_compiler_options_leave_the_samples_unchanged():
   np.testing.assert_allclose(graphs.logps, plain.logps, atol=1e-6)
 
 
+def test_rl_cuda_graphs_config_compiles_the_rollout_sampler_with_cuda_graphs():
+  """config.rl.cuda_graphs reaches the online loops' sampler (loops/rollouts.py) as sampling.CUDA_GRAPHS;
+  off, the plain compile. Tokens are the same either way (previous test)."""
+  from types import SimpleNamespace
+  from jaxpost.config import rl_config
+  from jaxpost.loops.rollouts import Rollouts
+  graphdef, params = _model()
+  tokenizer = SimpleNamespace(chat_stop_ids=(0,), pad_id=0)
+  prompts = [{"tokens": p} for p in PROMPTS[:2]]
+  for on in (False, True):
+    rl = rl_config()
+    rl.max_new_tokens, rl.cuda_graphs = 3, on
+    rollouts = Rollouts(rl, 0, tokenizer, graphdef, prompts, None, {}, None)
+    jitted = sampling.generate_jit(sampling.CUDA_GRAPHS if on else ())
+    jitted.clear_cache()
+    rollouts.sample(params, prompts, num_samples=2, temperature=1.0, seed=0)
+    assert jitted._cache_size() == 1  # noqa: SLF001  (this variant's compile was the one used)
+
+
 def test_one_prompt_and_stream_yield_what_a_batch_samples():
   """One prompt runs the model on two rows (a shadow row, sampling.MIN_MODEL_ROWS); it must not change
   row 0: stream's host loop (which runs the shadow row too) draws the same tokens, and greedy matches

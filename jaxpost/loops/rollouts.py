@@ -60,7 +60,8 @@ class Rollouts:
     cfg = sampling.SamplingConfig(max_new_tokens=rl.max_new_tokens, temperature=temperature, top_k=rl.top_k,
                                   top_p=rl.top_p, num_samples=num_samples, stop_token_ids=self.stop_ids, seed=seed)
     return sampling.generate(self.graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
-                             pad_id=self.tokenizer.pad_id or 0)
+                             pad_id=self.tokenizer.pad_id or 0,
+                             compiler_options=sampling.CUDA_GRAPHS if rl.cuda_graphs else ())
 
   def score(self, out, batch_prompts, num_samples: int):
     """(rewards (R,) f32, reward metrics) of sampled rows; row r belongs to prompt r // num_samples."""
