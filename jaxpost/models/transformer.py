@@ -122,10 +122,16 @@ class Block(nnx.Module):
     return x + self._post("post_mlp_norm", self.mlp(self.mlp_norm(x))), kv
 
 
+# The residual stream (B, T, D) between blocks: rows over (data, fsdp), D whole. Without this, sharding
+# propagation may split D over fsdp like the weights, and on a mixed (data x fsdp) mesh the backward of
+# the norm scales then re-gathers whole activations (XLA: "involuntary full rematerialization").
+RESIDUAL_LOGICAL = ("batch", None, None)
+
+
 def _block_fn(graphdef, remat: str):
   """(x, block_state, positions, segment_ids) -> x as a pure function, rematerialised if asked."""
   def apply(x, block_state, positions, segment_ids):
-    return nnx.merge(graphdef, block_state)(x, positions, segment_ids)
+    return kv_cache.shard_like(nnx.merge(graphdef, block_state)(x, positions, segment_ids), RESIDUAL_LOGICAL)
   if remat == "none":
     return apply
   return jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
@@ -159,7 +165,7 @@ class Transformer(nnx.Module):
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
     segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-    x = self._embed(tokens)  # (B, T, D)
+    x = kv_cache.shard_like(self._embed(tokens), RESIDUAL_LOGICAL)  # (B, T, D)
     if self.cfg.scan_layers:
       graphdef, state = nnx.split(self.blocks)
       fn = _block_fn(graphdef, self.cfg.remat)

@@ -83,3 +83,21 @@ def test_param_count_matches_config_formula():
   cfg = ModelConfig(**CFG)
   _, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
   assert sum(x.size for x in jax.tree.leaves(state)) == cfg.num_params()
+
+
+def test_fsdp_keeps_the_residual_stream_split_by_rows_not_by_width():
+  """Under an FSDP mesh (fsdp=8) the (B, T, D) residual stream is split by rows, D whole, so FSDP gathers
+  weights. Left to sharding propagation it was split on D like the weights (P(None, None, 'fsdp'): an
+  all-reduce of activations per projection instead of an all-gather of weights)."""
+  from jaxpost import state as state_lib
+  cfg = ModelConfig(**{**CFG, "vocab_size": 64})
+  mesh = jax.make_mesh((1, 8, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh):
+    params = state_lib.init_params(cfg, mesh, 0)
+    graphdef, _, _ = state_lib.abstract_model(cfg)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    tokens = jax.device_put(np.zeros((8, 16), np.int32), rows)
+    hidden = jax.jit(lambda p, t: nnx.merge(graphdef, p).hidden(t))(params, tokens)
+  spec = tuple(hidden.sharding.spec) + (None,) * 3
+  row_axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  assert "fsdp" in row_axes and spec[2] is None, hidden.sharding.spec
