@@ -79,7 +79,7 @@ def main():
           f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new "
           f"tokens; {p * g // minibatch} updates of {minibatch} rows (remat {cfg.remat}, scan {cfg.scan_layers}); "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; decode roofline {ideal_s:.3f} s", flush=True)
-    for engine, options in sampling.engines(args.graphs):  # One process: the train step compiles once for both samplers.
+    for engine, options in sampling.engines(args.graphs):  # One process: the train step compiles once.
       times = []
       for it in range(args.iters + 1):
         t0 = time.perf_counter()

@@ -122,9 +122,9 @@ class Block(nnx.Module):
     return x + self._post("post_mlp_norm", self.mlp(self.mlp_norm(x))), kv
 
 
-# The residual stream (B, T, D) between blocks: rows over (data, fsdp), D whole. Without this, sharding
-# propagation may split D over fsdp like the weights, and on a mixed (data x fsdp) mesh the backward of
-# the norm scales then re-gathers whole activations (XLA: "involuntary full rematerialization").
+# The residual stream (B, T, D) between blocks: rows over (data, fsdp), D whole, so FSDP all-gathers
+# weights. Left to sharding propagation, D was split over fsdp like the weights, and every projection
+# all-reduced activations instead (tensor parallelism by accident; tests/models/test_transformer.py).
 RESIDUAL_LOGICAL = ("batch", None, None)
 
 
