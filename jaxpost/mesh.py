@@ -55,6 +55,14 @@ def logical_to_spec(logical: tuple, shape: tuple, mesh: jax.sharding.Mesh) -> P:
   return P(*spec)
 
 
+def shard_like(x: jax.Array, logical: tuple) -> jax.Array:
+  """Constrains x to the mesh axes of its logical axes under a context mesh (`jax.set_mesh`); else x."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh))
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Rows (the leading axis, any rank) over (data, fsdp); the other dimensions replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxpost import mesh as mesh_lib
 from jaxpost.models import kv_cache
 
 PROMPT_BUCKET = 16  # Prompt buffers are padded to a multiple of this, so similar batches share a compile.
@@ -182,8 +183,8 @@ def _generate(graphdef, params, tokens, segment_ids, traced, *, sampling: Sampli
   if shadow:
     tokens, segment_ids = (jnp.concatenate([x, jnp.repeat(x[-1:], shadow, axis=0)]) for x in (tokens, segment_ids))
   model = nnx.merge(graphdef, params)
-  tokens = kv_cache.shard_like(tokens, kv_cache.ROWS_LOGICAL)  # Rows over (data, fsdp) under a mesh.
-  segment_ids = kv_cache.shard_like(segment_ids, kv_cache.ROWS_LOGICAL)
+  tokens = mesh_lib.shard_like(tokens, kv_cache.ROWS_LOGICAL)  # Rows over (data, fsdp) under a mesh.
+  segment_ids = mesh_lib.shard_like(segment_ids, kv_cache.ROWS_LOGICAL)
   positions = _positions(segment_ids)
   logits, cache = _prefill(model, tokens, segment_ids, positions, tokens.shape[1] + n)
   cache = kv_cache.repeat_rows(cache, g)

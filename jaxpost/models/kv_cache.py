@@ -21,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxpost import mesh as mesh_lib
 from jaxpost.models.config import ModelConfig
 
 # Logical axes of k/v, resolved to mesh axes by jaxpost.mesh.LOGICAL_RULES.
@@ -57,19 +58,10 @@ def init(cfg: ModelConfig, batch: int, max_len: int) -> dict:
   return constrain(cache)
 
 
-def shard_like(x: jax.Array, logical: tuple) -> jax.Array:
-  """Constrains x to the mesh axes of its logical axes (jaxpost.mesh rules) under a context mesh; else x."""
-  from jaxpost import mesh as mesh_lib
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
-    return x
-  return jax.lax.with_sharding_constraint(x, mesh_lib.logical_to_spec(logical, x.shape, mesh))
-
-
 def constrain(cache: dict) -> dict:
   """Shards the cache like a batch (rows over data/fsdp, kv heads over tensor) under a context mesh."""
-  out = {k: jax.tree.map(lambda a: shard_like(a, KV_LOGICAL[-a.ndim:]), cache[k]) for k in ("k", "v")}
-  out.update({k: shard_like(cache[k], ROWS_LOGICAL) for k in ("segment_ids", "positions")})
+  out = {k: jax.tree.map(lambda a: mesh_lib.shard_like(a, KV_LOGICAL[-a.ndim:]), cache[k]) for k in ("k", "v")}
+  out.update({k: mesh_lib.shard_like(cache[k], ROWS_LOGICAL) for k in ("segment_ids", "positions")})
   out["index"] = cache["index"]
   return out
 

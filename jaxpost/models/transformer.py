@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpost import mesh as mesh_lib
 from jaxpost.models import attention as attention_lib
 from jaxpost.models import kv_cache
 from jaxpost.models import lora
@@ -131,7 +132,7 @@ RESIDUAL_LOGICAL = ("batch", None, None)
 def _block_fn(graphdef, remat: str):
   """(x, block_state, positions, segment_ids) -> x as a pure function, rematerialised if asked."""
   def apply(x, block_state, positions, segment_ids):
-    return kv_cache.shard_like(nnx.merge(graphdef, block_state)(x, positions, segment_ids), RESIDUAL_LOGICAL)
+    return mesh_lib.shard_like(nnx.merge(graphdef, block_state)(x, positions, segment_ids), RESIDUAL_LOGICAL)
   if remat == "none":
     return apply
   return jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
@@ -165,7 +166,7 @@ class Transformer(nnx.Module):
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
     segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-    x = kv_cache.shard_like(self._embed(tokens), RESIDUAL_LOGICAL)  # (B, T, D)
+    x = mesh_lib.shard_like(self._embed(tokens), RESIDUAL_LOGICAL)  # (B, T, D)
     if self.cfg.scan_layers:
       graphdef, state = nnx.split(self.blocks)
       fn = _block_fn(graphdef, self.cfg.remat)
