@@ -72,9 +72,10 @@ def continue_text(model, tokenizer, texts: list[str], n: int = 12) -> list[str]:
 
 
 def load_config(stage: str):
-  """configs/demo.py:get_config(stage), loaded by path from the repository root."""
+  """configs/demo.py:get_config(stage), the bundled file (checkout or installed package)."""
   import importlib.util
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py")
+  from jaxpost import bundled
+  path = bundled.config_path("demo.py")
   spec = importlib.util.spec_from_file_location("jaxpost_demo_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -22,7 +22,9 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py") + ":base"
+from jaxpost import bundled
+
+_DEFAULT_CONFIG = bundled.config_path("demo.py") + ":base"
 
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "The config the model was trained with.",
                                           lock_config=True)
@@ -139,4 +141,9 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["model", "prompt"])
-  app.run(main)
+  try:
+    argv = bundled.resolve_config_flag(sys.argv)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)

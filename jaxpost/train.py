@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxpost import distributed  # Defines --distributed, --coordinator_address, --num_processes, --process_id.
+from jaxpost import bundled, distributed  # Defines --distributed, --coordinator_address, --num_processes, --process_id.
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sft_tiny.py[:ARG].",
                                           lock_config=True)
@@ -48,6 +48,10 @@ def _check_override_keys(argv: list[str]) -> None:
 
 
 def _parse(argv: list[str]) -> list[str]:
+  try:
+    argv = bundled.resolve_config_flag(argv)
+  except FileNotFoundError as e:
+    _fail(str(e))
   _check_override_keys(argv)
   try:
     return flags.FLAGS(argv)

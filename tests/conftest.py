@@ -18,6 +18,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")  # Sk
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+import installed_wheel  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative imports)
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_threefry_partitionable", True)
@@ -26,3 +29,9 @@ jax.config.update("jax_threefry_partitionable", True)
 def pytest_sessionfinish(session):
   if _OWN_CACHE and not hasattr(session.config, "workerinput"):  # The controller (or a plain run).
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def installed_python(tmp_path_factory):
+  """The python of a fresh venv holding jaxpost installed from a wheel of this checkout (installed_wheel.py)."""
+  return installed_wheel.install(str(tmp_path_factory.mktemp("installed")))

@@ -1,26 +1,24 @@
-"""`python -m jaxpost.demo` wiring, with a few steps a stage: the stages chain, the report is complete.
+"""`python -m jaxpost.demo` wiring, with a few steps a stage: the stages chain, the report is complete. It runs
+as a user of `pip install <clone>` runs it: jaxpost installed from a wheel, in a folder with no checkout.
 
 How well the demo learns is measured by running it (README: seeds, accuracies, time), not here."""
 import json
 import os
 import re
 import subprocess
-import sys
 
 from jaxpost.tasks import arithmetic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def test_demo_chains_base_sft_grpo_and_reports(tmp_path):
+def test_demo_chains_base_sft_grpo_and_reports(installed_python, tmp_path):
   workdir = tmp_path / "demo"
   # One CPU device, as `make demo` runs (conftest's 8 simulated devices would only slow it down here).
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
   env = {**os.environ, "XLA_FLAGS": flags}
   result = subprocess.run(
-      [sys.executable, "-m", "jaxpost.demo", f"--workdir={workdir}", "--seed=1", "--num_eval=16",
+      [installed_python, "-m", "jaxpost.demo", f"--workdir={workdir}", "--seed=1", "--num_eval=16",
        "--base_steps=3", "--sft_steps=2", "--grpo_steps=2"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
 
