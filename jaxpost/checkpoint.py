@@ -46,19 +46,22 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(workdir: str, abstract_params, step: int | None = None, *, params_key: str = ""):
+def restore_params(workdir: str, abstract_params, step: int | None = None, *, params_key: str = "",
+                   source: str = ""):
   """Params of the latest (or the given) checkpoint in another run's workdir (e.g. SFT starting from a
   base model, or an export). `abstract_params`: ShapeDtypeStructs with shardings. The optimizer state
-  there is not read. `params_key`: read the params[params_key] subtree (PPO's "policy")."""
+  there is not read. `params_key`: read the params[params_key] subtree (PPO's "policy"). `source`: the
+  setting that named `workdir` (e.g. "config.model.init_checkpoint"), for errors; default the path itself."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  named = f"{source}={workdir}" if source else workdir
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f"config.model.init_checkpoint: no checkpoint in {directory}")
+    raise FileNotFoundError(f"{named}: no checkpoint in {directory}")
   if step is None:
     step = manager.latest_step()
   elif step not in steps:
-    raise FileNotFoundError(f"{directory}: no checkpoint for step {step} (saved steps: {sorted(steps)})")
+    raise FileNotFoundError(f"{named}: no checkpoint for step {step} in {directory} (saved steps: {sorted(steps)})")
   target = {"params": {params_key: abstract_params} if params_key else abstract_params}
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target),

@@ -22,15 +22,11 @@ class MetricsWriter:
                name: str = "train"):
     self.enabled = jax.process_index() == 0
     self.jsonl = self.tb = self.bar = None
+    self.tb_dir = os.path.join(workdir, "tb")
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    try:
-      from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-    except ImportError:  # TensorBoard is optional at runtime.
-      self.tb = None
     if progress and sys.stderr.isatty():
       from tqdm import tqdm
       self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, dynamic_ncols=True)
@@ -42,7 +38,7 @@ class MetricsWriter:
       return values
     self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
     self.jsonl.flush()
-    if self.tb is not None:
+    if self._tensorboard() is not None:
       for k, v in values.items():
         if isinstance(v, (int, float)) and math.isfinite(v):
           self.tb.add_scalar(k, v, step)
@@ -52,6 +48,18 @@ class MetricsWriter:
     else:
       print(f"step {step}: {shown}", flush=True)
     return values
+
+  def _tensorboard(self):
+    """The TensorBoard writer, opened at the first write: a run that fails in its set-up (say a model that
+    does not match the workdir's checkpoint) leaves no new events file behind. None without tensorboardX."""
+    if self.tb is None:
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError:  # TensorBoard is optional at runtime.
+        self.tb = False
+      else:
+        self.tb = SummaryWriter(self.tb_dir)
+    return self.tb or None
 
   def advance(self, n: int = 1) -> None:
     if self.bar is not None:
@@ -68,7 +76,7 @@ class MetricsWriter:
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
-    if self.tb is not None:
+    if self.tb:
       self.tb.close()
     if self.jsonl is not None:
       self.jsonl.close()

@@ -6,6 +6,7 @@ Bad input ends with one line naming the key or file:line, and exit status 2.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -57,10 +58,6 @@ def _parse(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
-  for name in ("config", "workdir"):
-    if flags.FLAGS[name].value is None:
-      _fail(f"--{name} is required")
-  return argv
 
 
 def main(argv) -> None:
@@ -77,6 +74,8 @@ def main(argv) -> None:
   from jaxpost.loops import common
 
   config = _CONFIG.value
+  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+    _fail(f"--workdir={_WORKDIR.value}: is a file, not a directory")
   try:
     config_lib.validate(config, num_devices=jax.device_count())
     if config.algorithm == "grpo":

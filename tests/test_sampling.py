@@ -153,15 +153,35 @@ def test_samples_per_prompt_are_distinct_reproducible_and_logps_match_the_traine
     np.testing.assert_allclose(out.logps[r, :out.lengths[r]], trainer[r, start:len(seq) - 1], atol=1e-4)
 
 
-def test_cuda_graph_compiler_options_leave_the_samples_unchanged():
-  """sampling.CUDA_GRAPHS are XLA:GPU options; they must compile everywhere and draw the same tokens."""
+def test_cuda_graph_compiler_options_reach_xla_and_leave_the_samples_unchanged():
+  """sampling.CUDA_GRAPHS are XLA:GPU options that XLA:CPU ignores when it runs, so equal samples alone
+  could not fail here. XLA parses compile options on every backend, though, which gives checks that can:
+  (1) `generate(..., compiler_options=...)` hands them to XLA's compile: a copy of CUDA_GRAPHS with every
+  name suffixed "_typo" raises "No such compile option" from `generate` itself; (2) CUDA_GRAPHS' names and
+  values are ones XLA knows: it compiles, while the same flag with one command-buffer type XLA lacks
+  ("WHILE_LOOP") or a non-int graph size is rejected by name. Then the variant is a compile of its own (a
+  separate jit, whose cache holds the one compile `generate` made) and draws the same tokens and
+  log-probs: bit-identical on CPU (the same program), within 1e-6 on GPU (same kernels, run as a graph)."""
   graphdef, params = _model()
   cfg = sampling.SamplingConfig(max_new_tokens=5, num_samples=2, seed=4)
+  misspelt = tuple((name + "_typo", value) for name, value in sampling.CUDA_GRAPHS)
+  with pytest.raises(jax.errors.JaxRuntimeError, match=r"No such compile option: 'xla_gpu_\w+_typo'"):
+    sampling.generate(graphdef, params, PROMPTS[:2], cfg, compiler_options=misspelt)
+  (buffer_flag, buffer_types), (size_flag, _) = sampling.CUDA_GRAPHS
+  for options, message in [(((buffer_flag, buffer_types + ",WHILE_LOOP"),), "'WHILE_LOOP' is not a valid enum"),
+                           (((size_flag, "one"),), "'one' is not a valid int32")]:
+    with pytest.raises(jax.errors.JaxRuntimeError, match=f"While setting option {options[0][0]}, {message}"):
+      sampling.generate(graphdef, params, PROMPTS[:2], cfg, compiler_options=options)
+
   plain = sampling.generate(graphdef, params, PROMPTS[:2], cfg)
+  jitted = sampling.generate_jit(sampling.CUDA_GRAPHS)
+  assert jitted is not sampling.generate_jit(())
+  jitted.clear_cache()
   graphs = sampling.generate(graphdef, params, PROMPTS[:2], cfg, compiler_options=sampling.CUDA_GRAPHS)
-  assert sampling.generate_jit(sampling.CUDA_GRAPHS) is not sampling.generate_jit(())  # a compile of its own
+  assert jitted._cache_size() == 1  # noqa: SLF001  (the CUDA-graph variant compiled and ran)
   np.testing.assert_array_equal(graphs.tokens, plain.tokens)
-  np.testing.assert_allclose(graphs.logps, plain.logps, atol=1e-6)
+  np.testing.assert_array_equal(graphs.lengths, plain.lengths)
+  np.testing.assert_allclose(graphs.logps, plain.logps, rtol=0, atol=0 if jax.default_backend() == "cpu" else 1e-6)
 
 
 def test_rl_cuda_graphs_config_compiles_the_rollout_sampler_with_cuda_graphs():

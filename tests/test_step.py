@@ -42,15 +42,42 @@ def _mesh(data, fsdp, tensor, n):
 
 
 def test_sft_loss_is_token_mean_of_masked_nll():
-  """Uniform logits (all params zero) give log p = -ln V for every token, so the loss is ln 29 = 3.3673
-  whatever the mask; and the normaliser is the number of mask ones."""
+  """Random params (numpy N(0, 0.5), seed 0: per-token NLL spans about 1.2 .. 8.3, so the means below
+  differ): loss_sum = -sum_{b,t} m_bt log p_bt, and loss_sum / normaliser = that / sum_{b,t} m_bt = 4.2203,
+  with log p_bt recomputed here in float64 numpy from the model's logits (log_softmax, then the target's
+  entry); the normaliser is the number of mask ones (8+4+9+12+9+10+6+11 = 69 for this batch). The check
+  can tell the token mean from the others: the mean of the 8 per-row means (4.2575), of the 16 per-example
+  (row, segment) means (4.2841) and the unmasked mean (4.2540) each differ from it by more than 100x the
+  1e-5 tolerance. An all-zero mask gives loss sum 0 and normaliser max(0, 1) = 1: loss 0, not 0/0."""
+  from flax import nnx
   graphdef, shapes, _ = state_lib.abstract_model(MODEL)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(s.dtype), shapes)
+  loss_fn = jax.jit(sft.make_loss_fn(graphdef))
   batch = _batch()
-  loss_sum, _ = sft.make_loss_fn(graphdef)(zeros, batch)
+  loss_sum, _ = loss_fn(params, batch)
   weight = sft.normalizer(batch)
-  assert float(weight) == batch["loss_mask"].sum()
-  np.testing.assert_allclose(float(loss_sum / weight), np.log(29), rtol=1e-6)
+  mask = batch["loss_mask"].astype(np.float64)
+  assert float(weight) == mask.sum() == 69
+
+  forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["inputs"], b["positions"], b["segment_ids"]))
+  logits = np.asarray(forward(params, batch), np.float64)  # (B, T, V): the model's f32 logits, widened.
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, batch["targets"][..., None], -1)[..., 0]  # (B, T)
+  token_mean = (nll * mask).sum() / mask.sum()
+  np.testing.assert_allclose(float(loss_sum), (nll * mask).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(loss_sum / weight), token_mean, rtol=1e-5)
+
+  row_mean = np.mean((nll * mask).sum(1) / mask.sum(1))
+  in_example = [mask * (batch["segment_ids"] == s) for s in (1, 2)]
+  example_means = [(nll * m).sum(1)[m.sum(1) > 0] / m.sum(1)[m.sum(1) > 0] for m in in_example]
+  example_mean = np.concatenate(example_means).mean()  # Over the (row, segment) pairs with a loss token.
+  for other in (row_mean, example_mean, nll.mean()):
+    assert abs(other - token_mean) > 100 * 1e-5 * token_mean
+
+  empty = {**batch, "loss_mask": np.zeros_like(batch["loss_mask"])}
+  assert float(loss_fn(params, empty)[0]) == 0.0 and float(sft.normalizer(empty)) == 1.0
 
 
 def test_gradient_accumulation_equals_full_batch():

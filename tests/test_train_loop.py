@@ -83,3 +83,23 @@ def test_command_line_trains_evaluates_checkpoints_and_resumes(tmp_path):
   assert "resuming from checkpoint step 4" in second.stdout
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+
+  # A different model on this workdir: one line naming the setting, nothing in the workdir touched (orbax
+  # used to fail mid-restore with ~370 lines ending in "Event loop is closed").
+  def snapshot():
+    return {os.path.join(d, f): (os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(workdir) for f in files}
+  before = snapshot()
+  wider = subprocess.run(base + ["--config.train.steps=8", "--config.model.d_model=64"], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=300)
+  assert wider.returncode == 2 and snapshot() == before, wider.stderr[-2000:]
+  assert wider.stderr.strip().splitlines()[-1] == (
+      f"error: config.model.d_model=64 (recorded: 32) differs from the checkpoint's {workdir}/model.json; "
+      "resume with the same model settings, or train in a new --workdir")
+  # --workdir naming a file: one line, exit 2 (was a raw FileExistsError).
+  with open(tmp_path / "a_file", "w") as f:
+    f.write("x")
+  on_file = subprocess.run(base[:4] + [f"--workdir={tmp_path / 'a_file'}"], cwd=ROOT, capture_output=True, text=True,
+                           env=env, timeout=300)
+  assert on_file.returncode == 2
+  assert on_file.stderr.strip().splitlines() == [f"error: --workdir={tmp_path / 'a_file'}: is a file, not a directory"]

@@ -33,8 +33,13 @@ def read_jsonl(pattern: str | list[str]) -> Iterator[tuple[str, int, Any]]:
     DataError: a pattern matches no file, or `"{path}:{line}: invalid JSON: ..."`.
   """
   for path in expand_paths(pattern):
-    with open(path, encoding="utf-8") as f:
-      for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # Bytes: a line that is not UTF-8 is an error naming its line, not a traceback.
+      for line_no, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise DataError(f"{path}:{line_no}: not UTF-8 text: byte {raw[e.start]:#04x} at column {e.start + 1}"
+                          ) from None
         if not line.strip():
           continue
         try:

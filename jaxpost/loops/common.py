@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxpost import checkpoint as checkpoint_lib
 from jaxpost import optim
 from jaxpost import state as state_lib
+from jaxpost.config import ConfigError
 from jaxpost.models import ModelConfig, lora
 
 
@@ -119,6 +120,20 @@ def read_model_record(workdir: str) -> tuple[ModelConfig, dict]:
   return ModelConfig(**fields), record
 
 
+def check_same_model(workdir: str, model_cfg: ModelConfig) -> None:
+  """Before resuming: the model this config builds must be the one workdir/model.json recorded (its
+  checkpoint's shapes). ConfigError naming every field that differs, instead of orbax's failure mid-restore."""
+  if not os.path.isfile(os.path.join(workdir, MODEL_RECORD)):
+    return  # A workdir from before the record: nothing to compare with.
+  recorded, _ = read_model_record(workdir)
+  diffs = [f"model.{f.name}={getattr(model_cfg, f.name)!r} (recorded: {getattr(recorded, f.name)!r})"
+           for f in dataclasses.fields(ModelConfig) if getattr(model_cfg, f.name) != getattr(recorded, f.name)]
+  if diffs:
+    raise ConfigError(f"config.{diffs[0]}{' and ' + str(len(diffs) - 1) + ' more' if len(diffs) > 1 else ''} "
+                      f"differs from the checkpoint's {os.path.join(workdir, MODEL_RECORD)}; resume with the "
+                      "same model settings, or train in a new --workdir")
+
+
 def base_params(model_cfg: ModelConfig, shardings, mesh, *, hf_path: str, init_checkpoint: str, seed: int, log):
   """The starting weights without adapters: another run's checkpoint, a HF directory, or a fresh init."""
   if init_checkpoint:
@@ -126,7 +141,7 @@ def base_params(model_cfg: ModelConfig, shardings, mesh, *, hf_path: str, init_c
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             lora.split(shapes)[0], lora.split(shardings)[0])  # (no scalar head: it starts fresh)
     log(f"initialised params from {init_checkpoint}")
-    return checkpoint_lib.restore_params(init_checkpoint, abstract)
+    return checkpoint_lib.restore_params(init_checkpoint, abstract, source="config.model.init_checkpoint")
   if hf_path:
     from jaxpost.models import hf
     log(f"loaded {model_cfg.family} weights from {hf_path}")
@@ -190,6 +205,7 @@ def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: i
   data_state, base = None, None
   source = dict(hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint, seed=t.seed, log=log)
   if latest is not None:
+    check_same_model(workdir, model_cfg)
     state, data_state = checkpointer.restore(latest, state_lib.abstract_state(shardings, trained_shapes, tx))
     log(f"resuming from checkpoint step {latest} in {checkpointer.directory}")
     if use_lora:

@@ -49,7 +49,7 @@ def _critic_params(config, value_cfg, shardings, mesh, log) -> dict:
     _, shapes, _ = state_lib.abstract_model(value_cfg)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     log(f"critic initialised from the reward model in {config.ppo.value_init}")
-    return checkpoint_lib.restore_params(config.ppo.value_init, abstract)
+    return checkpoint_lib.restore_params(config.ppo.value_init, abstract, source="config.ppo.value_init")
   backbone_cfg = dataclasses.replace(value_cfg, head="lm", tie_embeddings=True)
   backbone = common.base_params(backbone_cfg, state_lib.param_shardings(backbone_cfg, mesh), mesh,
                                 hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint,

@@ -62,6 +62,13 @@ class ModelConfig:
   lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
 
   def __post_init__(self):
+    # A dtype may be spelt as a string ("bfloat16") or a numpy/jax type (jnp.bfloat16); it is stored once as
+    # its canonical name, so the config serialises (model.json, config.json) whichever spelling came in.
+    for name in ("dtype", "param_dtype"):
+      try:
+        object.__setattr__(self, name, jnp.dtype(getattr(self, name)).name)
+      except TypeError:
+        raise ValueError(f"ModelConfig.{name}: {getattr(self, name)!r} is not a dtype") from None
     if self.layer_types and len(self.layer_types) != self.num_layers:
       raise ValueError(f"ModelConfig.layer_types: {len(self.layer_types)} entries for {self.num_layers} layers")
     bad = [t for t in self.layer_types if t not in (SLIDING, FULL)]

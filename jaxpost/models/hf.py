@@ -366,7 +366,7 @@ def save_pretrained(model_or_cfg, path: str, params: dict | None = None, *, base
   np_dtype = None
   if dtype is not None:
     np_dtype = jnp.dtype(dtype)
-    hf["dtype"] = str(dtype)
+    hf["dtype"] = np_dtype.name  # "bfloat16" whether dtype came as that string or as jnp.bfloat16.
   os.makedirs(path, exist_ok=True)
   files = safetensors_io.write(path, hf_tensors(cfg, params, np_dtype), max_shard_bytes=max_shard_bytes)
   with open(os.path.join(path, "config.json"), "w") as f:

@@ -39,6 +39,17 @@ def test_read_jsonl_errors(tmp_path):
     list(read_jsonl(path))
 
 
+def test_read_jsonl_names_the_line_that_is_not_utf8(tmp_path):
+  """UTF-8 text reads as text (é is 2 bytes, \u00e9 after JSON decoding); a line holding bytes \xff\xfe (no
+  UTF-8 sequence starts with 0xff, column 8 after the 7 characters {"t": ") is the one-line error naming
+  file:line, not a UnicodeDecodeError."""
+  path = tmp_path / "latin.jsonl"
+  path.write_bytes('{"t": "café"}\n'.encode() + b'{"t": "\xff\xfe"}\n')
+  with pytest.raises(DataError, match=r"^.*latin.jsonl:2: not UTF-8 text: byte 0xff at column 8$"):
+    for _, line, obj in read_jsonl(str(path)):
+      assert (line, obj) == (1, {"t": "caf\u00e9"})
+
+
 def test_chat_record_mask_with_bos(tok):
   tokens, loss_mask = tokenize_record(GOOD, tok, where="f:1")
   # bos 0 | <|im_start|> 1, "user" 2..5, "\n" 6, "hi" 7..8, <|im_end|> 9, "\n" 10

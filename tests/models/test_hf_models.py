@@ -165,3 +165,16 @@ def test_greedy_kv_cache_decoding_equals_transformers_generate(family, tmp_path)
       ref = ref_model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
                                pad_token_id=0)
     assert list(completion) == ref[0, len(prompt):].tolist()
+
+
+def test_dtype_as_a_type_or_a_string_round_trips(llama_dir, tmp_path):
+  """jnp.float32 and "float32" are one setting: the config stores the name, so save_pretrained's config.json
+  serialises (it raised TypeError on the type before), and the exported weights reload to the same logits."""
+  model = hf.from_pretrained(str(llama_dir), dtype=jnp.float32)
+  assert (model.cfg.dtype, model.cfg.param_dtype) == ("float32", "float32")
+  hf.save_pretrained(model, str(tmp_path / "out"), dtype=jnp.bfloat16)
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+  again = hf.from_pretrained(str(tmp_path / "out"), dtype="float32")
+  np.testing.assert_allclose(np.asarray(again(TOKENS)), np.asarray(model(TOKENS)), atol=0.1)  # bf16 weights.
+  with pytest.raises(ValueError, match="ModelConfig.dtype: 'float33' is not a dtype"):
+    hf.from_pretrained(str(llama_dir), dtype="float33")
