@@ -1,11 +1,13 @@
-"""GRPO on GSM8K with the math reward (math-verify), for a TPU or GPU.
+"""GRPO on GSM8K with the math reward in its `gsm8k` mode (`#### N`, math-verify), for a TPU or GPU.
 
   python -m jaxpost.train --config=configs/grpo_gsm8k.py --workdir=W \\
       --config.model.init_checkpoint=SFT_WORKDIR --config.tokenizer.path=TOKENIZER.model \\
       --config.data.train_path=../shared/data/gsm8k/train.jsonl --config.data.eval_path=../shared/data/gsm8k/test.jsonl
 
 GSM8K (MIT, github.com/openai/grade-school-math) is not bundled: point `data.*_path` at its JSONL files
-(`{"question", "answer": "... #### 72"}` records are read as prompt + final answer). The model comes from
+(`{"question", "answer": "... #### 72"}` records are read as prompt + final answer). The reward reads only
+the completion's `#### N`, the format of GSM8K's worked solutions that the SFT model learnt: a completion
+without it scores 0, whatever numbers it ends with (docs/rewards.md). The model comes from
 a jaxpost checkpoint (`model.init_checkpoint`) with matching `model.*` sizes; loading Hugging Face
 checkpoints directly arrives with the HF interop work (`--config.model.path`).
 """
@@ -40,7 +42,7 @@ def get_config(arg: str = ""):
   c.rl.epsilon_high = 0.28      # DAPO clip-higher.
   c.rl.aggregation = "token_mean"
   c.rl.beta = 0.0
-  c.rl.reward_fns = "math"
+  c.rl.reward_fns = "math:gsm8k"  # Only `#### N` counts: GSM8K's answer format (docs/rewards.md).
   c.rl.dynamic_sampling = True
   c.rl.overlong = "soft"
   c.rl.overlong_buffer = 64

@@ -1,8 +1,10 @@
 """Prompt records for online RL: `{"prompt": str | "messages": [...], "answer": ..., ["tests": ...]}`.
 
-GSM8K-style records `{"question": ..., "answer": "worked solution ... #### 72"}` are read as
-prompt = question, answer = the number after `####`. MATH-style records `{"problem", "solution"}` are
-read as prompt = problem, answer = the solution (the math reward takes its last \boxed{}).
+GSM8K-style records `{"question": ..., "answer": "worked solution ... #### 1,072"}` are read as
+prompt = question, answer = what follows the last `####` ("1072", thousands separators dropped), the
+worked solution kept as `solution`. MATH-style records `{"problem", "solution"}` are read as
+prompt = problem, answer = the content of the solution's last \boxed{} (the solution if it has none).
+Both use the anchors of `jaxpost.rewards.extract`, so gold and completions are read the same way.
 
 A `prompt` string is wrapped as one user message; both forms are rendered with the chat template and
 a generation prompt, so the policy answers as the assistant. The whole record stays available to the
@@ -11,6 +13,7 @@ reward functions (they read `answer`, `tests`, ...).
 from __future__ import annotations
 
 from jaxpost.data.jsonl import DataError, read_jsonl
+from jaxpost.rewards import extract
 from jaxpost.tokenizers import check_messages
 
 
@@ -43,10 +46,13 @@ def normalize_record(record: dict) -> dict:
   """GSM8K and MATH field names -> prompt/answer (other records pass through unchanged)."""
   if "prompt" not in record and "messages" not in record:
     if "question" in record and isinstance(record.get("answer"), str) and "####" in record["answer"]:
-      return {**record, "prompt": record["question"],
-              "answer": record["answer"].rsplit("####", 1)[1].strip().replace(",", "")}
-    if "problem" in record and "solution" in record:
-      return {**record, "prompt": record["problem"], "answer": record["solution"]}
+      final = extract.anchor_contents(record["answer"], "gsm8k")[0][-1]
+      return {**record, "prompt": record["question"], "answer": final.strip().replace(",", ""),
+              "solution": record["answer"]}
+    if "problem" in record and isinstance(record.get("solution"), str):
+      boxed, _ = extract.boxed_contents(record["solution"])
+      return {**record, "prompt": record["problem"],
+              "answer": boxed[-1].strip() if boxed else record["solution"]}
   return record
 
 

@@ -28,6 +28,10 @@ class Rollouts:
   @classmethod
   def from_config(cls, config, tokenizer, graphdef) -> "Rollouts":
     rl = config.rl
+    try:
+      reward_fns = rewards_lib.combine(rl.reward_fns)
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError) as e:
+      raise ConfigError(f"config.rl.reward_fns={rl.reward_fns!r}: {e.args[0] if e.args else e}") from None
     if not config.data.train_path:
       raise ConfigError(f"config.data.train_path: empty; {config.algorithm} needs prompt JSONL")
     prompts, stats = load_prompts(common.split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
@@ -36,8 +40,7 @@ class Rollouts:
       eval_prompts, _ = load_prompts(common.split_paths(config.data.eval_path), tokenizer,
                                      max_prompt_len=rl.max_prompt_len)
       eval_prompts = eval_prompts[:rl.eval_prompts]
-    return cls(rl, config.train.seed, tokenizer, graphdef, prompts, eval_prompts, stats,
-               rewards_lib.combine(rl.reward_fns))
+    return cls(rl, config.train.seed, tokenizer, graphdef, prompts, eval_prompts, stats, reward_fns)
 
   @property
   def stop_ids(self) -> tuple[int, ...]:
@@ -67,14 +70,18 @@ class Rollouts:
     """(rewards (R,) f32, reward metrics) of sampled rows; row r belongs to prompt r // num_samples."""
     texts = [self.tokenizer.decode([x for x in c if x not in self.stop_ids]) for c in out.completions()]
     records = [batch_prompts[r // num_samples]["record"] for r in range(len(texts))]
-    return rewards_lib.score_batch(self.reward_fns, texts, records, timeout_s=self.rl.reward_timeout_s)
+    return rewards_lib.score_batch(self.reward_fns, texts, records, timeout_s=self.rl.reward_timeout_s,
+                                   truncated=[f == "length" for f in out.finish_reasons])
 
   def evaluate(self, params) -> dict:
     """Greedy accuracy (% of held-out prompts whose reward is positive) and, if asked, pass@k."""
     rl = self.rl
     out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0)
-    rewards, _ = self.score(out, self.eval_prompts, 1)
+    rewards, metrics = self.score(out, self.eval_prompts, 1)
     result = {"eval/accuracy": 100.0 * float(np.mean(rewards > 0))}
+    # How the greedy answers were read, and how many ran to the budget (see rewards/provenance.py).
+    result.update({"eval/" + k[len("reward/"):]: v for k, v in metrics.items()
+                   if k.endswith(("/anchored", "/fallback")) or k.startswith("reward/truncated")})
     if rl.pass_k:
       out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature or 1.0, seed=1)
       rewards, _ = self.score(out, self.eval_prompts, rl.pass_k)

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import re
 
-from jaxpost.rewards.math import answer_span
+from jaxpost.rewards import extract
 from jaxpost.rewards.registry import register
 
-# The R1-style layout: reasoning in <think>, the answer in <answer>, nothing else around them.
-THINK_ANSWER = r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$"
+# The R1-style layout: reasoning in <think>, the answer in <answer>, nothing else around them. Each tag
+# holds some non-space text and no other tag, so `<answer>1</answer><answer>2</answer>` (two answers)
+# and `<answer> </answer>` fail.
+_NO_TAG = r"(?!</?(?:think|answer)>)"
+_TAG_BODY = rf"(?:{_NO_TAG}.)*?{_NO_TAG}\S(?:{_NO_TAG}.)*?"
+THINK_ANSWER = rf"^\s*<think>{_TAG_BODY}</think>\s*<answer>{_TAG_BODY}</answer>\s*$"
 
 
 def make_format_reward(pattern: str = THINK_ANSWER, flags: int = re.DOTALL):
@@ -22,16 +26,16 @@ def make_format_reward(pattern: str = THINK_ANSWER, flags: int = re.DOTALL):
 
 register("format")(make_format_reward())
 
-_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_TEXT_ANCHORS = ("answer_tag", "boxed")
 
 
-def final_answer(completion: str) -> str:
-  """The answer part of a completion: the last <answer> tag, else the last \\boxed{...}, else all of it."""
-  span = answer_span(completion)
-  if span is not completion:
-    return span
-  boxed = _BOXED.findall(completion)
-  return boxed[-1] if boxed else completion
+def final_answer(completion: str) -> str | None:
+  """The answer part of a completion: the <answer> tag, else the \\boxed{...}, else all of it; None if
+  the tags (or boxes) disagree: `\\boxed{London} ... \\boxed{Paris}` lists candidates."""
+  answer, decided = extract.anchored_answer(completion, _TEXT_ANCHORS)
+  if decided:
+    return answer.text if answer else None
+  return completion
 
 
 def normalize_text(text: str) -> str:
@@ -43,7 +47,16 @@ def normalize_text(text: str) -> str:
 @register("exact_match")
 def exact_match_reward(completion: str, example: dict) -> float:
   """1.0 if the final answer equals example['answer'] after `normalize_text`."""
-  return 1.0 if normalize_text(final_answer(completion)) == normalize_text(example["answer"]) else 0.0
+  answer = final_answer(completion)
+  return 1.0 if answer is not None and normalize_text(answer) == normalize_text(example["answer"]) else 0.0
+
+
+def _exact_match_source(completion: str, example: dict) -> str:
+  del example
+  return "anchored" if extract.anchored_answer(completion, _TEXT_ANCHORS)[1] else "fallback"
+
+
+exact_match_reward.answer_source = _exact_match_source  # Read by the rollout metrics (see provenance.py).
 
 
 _CHOICE_PATTERNS = (
@@ -55,7 +68,7 @@ _CHOICE_PATTERNS = (
 def choice_letter(completion: str) -> str | None:
   """The chosen letter A-E: the <answer> / \\boxed content if it is a lone letter, else the last
   'answer is X' / 'Answer: X', else a completion that is a lone letter. None if none is found."""
-  for text in (final_answer(completion), completion):
+  for text in (final_answer(completion) or "", completion):
     text = text.strip()
     match = _CHOICE_PATTERNS[0].match(text)
     if match:

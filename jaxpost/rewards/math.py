@@ -1,87 +1,104 @@
-"""`math` reward: is the completion's final answer mathematically equal to example['answer']?
+"""`math` reward: does the completion state a final answer mathematically equal to example['answer']?
 
-  1. The answer span: the last <answer>...</answer> if any, else the whole completion (math-verify then
-     prefers the last \\boxed{...}, then "final answer is ...", then the last expression).
-  2. Units after a number are stripped (`5 \\text{ cm}`, `5\\,\\mathrm{kg}`, `30^\\circ`, `12 meters`).
-  3. math-verify (HuggingFace) parses gold and prediction into sympy and compares them: fractions,
-     decimals, LaTeX (\\frac, \\dfrac, \\sqrt), percentages, thousands separators, sets, intervals.
-  4. If either side does not parse (or math-verify raises), the last number of each is compared,
-     relative tolerance 1e-6.
+  1. The answer: `extract.extract_answer(completion, mode)`, an anchor's content or (mode `flexible`)
+     the guarded final value; none (score 0) for a hedge, an empty or cut-off anchor, or a value that
+     is an operand or copied from the prompt (see extract.py).
+  2. Its value: `values.answer_value`; none (score 0) if it is arithmetic left unevaluated ("15 + 86").
+  3. The gold: example['answer'], read like a reference solution if it is one (`gold_answer`: the
+     last `\\boxed{}`, or the number after `####`).
+  4. math-verify (HuggingFace) parses both into sympy and compares them: fractions, decimals, LaTeX
+     (\\frac, \\sqrt), percentages, thousands separators, sets, intervals, symbolic equality. Without it
+     (or if either side does not parse) both must be plain numbers (`values.to_number`), equal within
+     a relative 1e-6.
+
+Modes, registered as `math:MODE` (`rl.reward_fns = "math:boxed"`): boxed, gsm8k, answer_tag, answer_is,
+anchored, flexible. Plain `math` is `math:flexible`: anchors first, else the final value. Flexible is
+safe: its fallback takes a value only where it is a result ("... = 64", "64"), never an operand of an
+expression the model left for the grader to evaluate nor a number copied from the question, so a
+restated question scores 0 (tests/rewards/data/adversarial.jsonl holds the cases); and it still scores
+the unanchored replies small chat models give to prompts that prescribe no format (the bundled
+arithmetic prompts), where an anchors-only default would score every reply 0 and teach nothing. Use
+an anchored mode when the prompts ask for that anchor: GSM8K-trained models end with `#### N`, MATH's
+with `\\boxed{}`.
+
 math-verify's own signal-based timeouts are off (they only work on the main thread); the caller's
 `score_batch` timeout bounds a stuck call instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-import re
 
+from jaxpost.rewards import extract, values
 from jaxpost.rewards.registry import register
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
-_LATEX_UNIT = re.compile(r"(\d)\s*(?:\\[,;! ]\s*)*\\(?:text|mbox|mathrm|textrm|operatorname)\s*"
-                         r"\{\s*[A-Za-z][A-Za-z .]*\}(?:\s*\^\s*\{?\d\}?)?")
-_DEGREE = re.compile(r"(\d)\s*\^\s*\{?\\circ\}?")
-_WORD_UNIT = re.compile(r"(\d)\s+(?:cm|mm|km|m|kg|g|mg|s|sec|seconds?|minutes?|hours?|days?|years?|meters?|"
-                        r"centimeters?|kilometers?|inches|inch|feet|foot|ft|miles?|pounds?|lbs?|dollars?|cents?|"
-                        r"degrees?|units?|square|cubic)\b\.?")
+DEFAULT_MODE = "flexible"
 
 
-def answer_span(completion: str) -> str:
-  """The content of the last <answer>...</answer>, else the completion."""
-  tags = _ANSWER_TAG.findall(completion)
-  return tags[-1] if tags else completion
-
-
-def strip_units(text: str) -> str:
-  """Removes a unit written after a number: `5 \\text{ cm}^2` -> `5`, `30^\\circ` -> `30`, `12 meters` -> `12`."""
-  text = _LATEX_UNIT.sub(r"\1", text)
-  text = _DEGREE.sub(r"\1", text)
-  return _WORD_UNIT.sub(r"\1", text)
-
-
-def last_number(text: str) -> float | None:
-  """The last number in text (thousands commas dropped), or None."""
-  for match in reversed(_NUMBER.findall(text)):
-    try:
-      return float(match.replace(",", ""))
-    except ValueError:
-      continue
-  return None
+def gold_answer(gold: str) -> str:
+  """The answer in a gold string: after the last `####` (GSM8K solution), the last `\\boxed{}` (MATH
+  solution), else the string itself."""
+  gold = str(gold).strip()
+  if "####" in gold:
+    return extract.anchor_contents(gold, "gsm8k")[0][-1].strip()
+  boxed, _ = extract.boxed_contents(gold)
+  return boxed[-1].strip() if boxed else gold
 
 
 def _parse(text: str):
   from math_verify import parse
-  return parse(text, parsing_timeout=None)
+  return parse(f"${text}$", parsing_timeout=None)
 
 
-def _parse_gold(gold: str):
-  # A bare LaTeX answer ("x^2+1", "\\sqrt{2}") only parses inside math delimiters.
-  if "$" not in gold and "\\boxed" not in gold:
-    parsed = _parse(f"${gold}$")
-    if parsed:
-      return parsed
-  return _parse(gold)
-
-
-def numbers_equal(a: float | None, b: float | None, rel_tol: float = 1e-6) -> bool:
-  return a is not None and b is not None and math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
-
-
-@register("math")
-def math_reward(completion: str, example: dict) -> float:
-  """1.0 if the final answer equals example['answer'] (see the module docstring), else 0.0."""
-  gold = str(example["answer"]).strip()
-  span = strip_units(answer_span(completion))
+def values_equal(gold: str, value: str) -> bool:
+  """math-verify equality of two cleaned values; exact numbers if it is missing or cannot parse."""
   try:
     from math_verify import verify
-    gold_parsed, pred_parsed = _parse_gold(gold), _parse(span)
+    gold_parsed, pred_parsed = _parse(gold), _parse(value)
     if gold_parsed and pred_parsed:
-      return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=None) else 0.0
-  except Exception as e:  # noqa: BLE001 - math-verify can raise on odd input; fall back to numbers.
-    logging.debug("math-verify failed on %r vs %r: %s", span[-200:], gold, e)
-  return 1.0 if numbers_equal(last_number(span), last_number(strip_units(gold))) else 0.0
+      return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+  except ImportError:
+    pass
+  except Exception as e:  # noqa: BLE001 - math-verify can raise on odd input; compare numbers instead.
+    logging.debug("math-verify failed on %r vs %r: %s", value[-200:], gold, e)
+  return numbers_equal(values.to_number(gold), values.to_number(value))
+
+
+def numbers_equal(a, b, rel_tol: float = 1e-6) -> bool:
+  """a == b within rel_tol (exact for fractions); False if either is None."""
+  if a is None or b is None:
+    return False
+  return a == b or abs(a - b) <= rel_tol * max(abs(a), abs(b))
+
+
+@dataclasses.dataclass(frozen=True)
+class MathReward:
+  """fn(completion, example) -> 1.0 if the answer stated under `mode` equals example['answer'], else 0.0."""
+  mode: str = DEFAULT_MODE
+
+  def __post_init__(self):
+    extract.check_mode(self.mode)
+
+  def answer(self, completion: str, example: dict) -> extract.Answer | None:
+    return extract.extract_answer(completion, self.mode, extract.prompt_text(example))
+
+  def __call__(self, completion: str, example: dict) -> float:
+    answer = self.answer(completion, example)
+    value = values.answer_value(answer.text) if answer else None
+    if value is None:
+      return 0.0
+    gold = values.clean_span(gold_answer(example["answer"])) or str(example["answer"]).strip()
+    return 1.0 if values_equal(gold, value) else 0.0
+
+  def answer_source(self, completion: str, example: dict) -> str | None:
+    """'anchored' or 'fallback': where the answer came from (for the rollout metrics), None if none."""
+    answer = self.answer(completion, example)
+    return None if answer is None else "anchored" if answer.anchored else "fallback"
+
+
+math_reward = register("math")(MathReward())
+for _mode in extract.MODES:
+  register(f"math:{_mode}")(MathReward(_mode))
 
 
 # math-verify warns once that its timeouts are off: that is deliberate here (see the module docstring).

@@ -5,6 +5,7 @@ A reward is `fn(completion: str, example: dict) -> float`; `example` is the prom
 
   NAME                   a registered reward (REWARDS), weight 1:      "math"
   NAME:WEIGHT            with a weight:                                "math:1.0,format:0.2"
+  NAME:MODE[:WEIGHT]     a registered mode of it (also in REWARDS):    "math:boxed", "math:gsm8k=0.5"
   MODULE:ATTR            a user function by import path, weight 1:     "my_pkg.rewards:fn"
   MODULE:ATTR=WEIGHT     with a weight (`:WEIGHT` works too):          "my_pkg.rewards:fn=0.5"
   rm:WORKDIR[=WEIGHT]    a trained reward model (algorithm=rm run):    "rm:/tmp/rm_tiny=0.5"
@@ -30,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from jaxpost.rewards import provenance
 
 RewardFn = Callable[[str, dict], float]
 REWARDS: dict[str, RewardFn] = {}
@@ -63,6 +66,9 @@ def resolve(ref: str) -> RewardFn:
     raise KeyError(f"unknown reward {ref!r}: registered are {sorted(REWARDS)}; a user function is "
                    f"given as 'module.path:function'")
   module_name, attr = ref.split(":", 1)
+  modes = sorted(name.split(":", 1)[1] for name in REWARDS if name.startswith(module_name + ":"))
+  if modes:  # A registered name with modes ("math:boxed") wins over importing a module of that name.
+    raise KeyError(f"unknown mode {attr!r} of reward {module_name!r}: its modes are {modes}")
   try:
     obj = importlib.import_module(module_name)
   except ImportError as e:
@@ -179,13 +185,15 @@ def _batched_value(value: float, error: BaseException | None) -> float:
 
 
 def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict], timeout_s: float = 10.0, *,
-                max_workers: int | None = None):
+                max_workers: int | None = None, truncated: Sequence[bool] | None = None):
   """Scores N completions: rewards[i] = sum_k w_k fn_k(completions[i], examples[i]).
 
   A call that raises, returns a non-finite value or runs past timeout_s counts 0 and is counted in the
   metrics; the run goes on. Calls run on threads (the code reward waits on subprocesses meanwhile).
   Returns (rewards float32 [N], metrics): `reward/NAME` (mean raw score), `reward/NAME/errors`,
-  `reward/NAME/timeouts`, and `reward/errors`, `reward/timeouts` over all functions."""
+  `reward/NAME/timeouts`, and `reward/errors`, `reward/timeouts` over all functions; plus where the
+  rewarded answers came from, and (given `truncated` [N], rows that hit the length budget) how many were
+  cut: `provenance.answer_metrics`."""
   if isinstance(reward_fns, str) or not isinstance(reward_fns, Sequence) or not all(
       isinstance(r, WeightedReward) for r in reward_fns):
     reward_fns = combine(reward_fns)
@@ -215,6 +223,7 @@ def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict]
     metrics[f"reward/{r.name}/timeouts"] = int((status[k] == "timeout").sum())
   metrics["reward/errors"] = int((status == "error").sum())
   metrics["reward/timeouts"] = int((status == "timeout").sum())
+  metrics.update(provenance.answer_metrics(reward_fns, scores, completions, examples, rewards, truncated))
   for i, e in errors[:3]:
     logging.warning("reward %s failed on completion %d: %s: %s", reward_fns[i // n].name, i % n,
                     type(e).__name__, e)

@@ -11,11 +11,12 @@ import pytest
 from jaxpost import rewards
 from jaxpost.rewards import format as format_lib
 from jaxpost.rewards import math as math_lib
+from jaxpost.rewards import values as values_lib
 
 try:
   import math_verify  # noqa: F401
   HAS_MATH_VERIFY = True
-except ImportError:  # the `rl` extra; without it `math` falls back to comparing last numbers.
+except ImportError:  # the `rl` extra; without it `math` compares plain numbers only.
   HAS_MATH_VERIFY = False
 
 
@@ -45,22 +46,27 @@ def test_math_reward(completion, answer, expected):
     (r"5 \text{ cm}", "5"), (r"25\text{ cm}^2", "25"), (r"5\,\mathrm{kg}", "5"), (r"30^\circ", "30"),
     (r"30^{\circ}", "30"), ("12 meters", "12"), ("3 dollars.", "3"), ("x = 4", "x = 4")])
 def test_strip_units(text, stripped):
-  assert math_lib.strip_units(text) == stripped
+  assert values_lib.strip_units(text) == stripped
 
 
-@pytest.mark.parametrize("failure", ["empty", "raise"])
-def test_math_falls_back_to_last_number(monkeypatch, failure):
-  """When math-verify cannot parse (or raises), the last numbers compare: 1,234.5 == 1234.5 within 1e-6;
-  41 != 42."""
+def test_math_without_math_verify_compares_exact_numbers(monkeypatch):
+  """Without math-verify (the `rl` extra) both values must be plain numbers: 1,234.5 == 1234.5 and
+  \\frac{3}{4} == 0.75 exactly; 41 != 42; a symbolic value cannot be compared, so it scores 0."""
+  monkeypatch.setitem(sys.modules, "math_verify", None)  # `import math_verify` now raises ImportError.
+  reward = rewards.REWARDS["math"]
+  assert reward("we get 1,234.5 in total", {"answer": "1234.5"}) == 1.0
+  assert reward(r"\boxed{\frac{3}{4}}", {"answer": "0.75"}) == 1.0
+  assert reward("it is 42, no, 41", {"answer": "42"}) == 0.0
+  assert reward(r"\boxed{\sqrt{2}}", {"answer": r"\sqrt{2}"}) == 0.0
+  assert reward("no number", {"answer": "42"}) == 0.0
+
+
+def test_math_when_math_verify_raises_compares_numbers(monkeypatch):
   def broken(text):
-    if failure == "raise":
-      raise RuntimeError("parser exploded")
-    return []
+    raise RuntimeError("parser exploded")
   monkeypatch.setattr(math_lib, "_parse", broken)
-  assert math_lib.math_reward("we get 1,234.5 in total", {"answer": "1234.5"}) == 1.0
-  assert math_lib.math_reward("it is 42, no, 41", {"answer": "42"}) == 0.0
-  assert math_lib.math_reward("no number", {"answer": "42"}) == 0.0
-  assert math_lib.last_number("a -3.5e2 b 7") == 7.0 and math_lib.last_number("-.5") == -0.5
+  assert math_lib.math_reward("15 + 86 = 101", {"answer": "101"}) == 1.0
+  assert math_lib.math_reward("15 + 86 = 100", {"answer": "101"}) == 0.0
 
 
 @pytest.mark.parametrize("completion,expected", [
@@ -72,6 +78,9 @@ def test_math_falls_back_to_last_number(monkeypatch, failure):
     ("<think></think><answer>4</answer>", 0.0),                            # empty reasoning
     ("Sure! <think>x</think><answer>4</answer>", 0.0),                     # text outside the tags
     ("<think>x</think><answer>4</answer> more text", 0.0),
+    ("<think>x</think><answer>4</answer><answer>5</answer>", 0.0),           # two answers
+    ("<think>x</think><answer> </answer>", 0.0),                           # blank answer
+    ("<think>a<think>b</think><answer>4</answer>", 0.0),                   # a tag inside a tag
 ])
 def test_format_reward(completion, expected):
   assert rewards.REWARDS["format"](completion, {}) == expected
@@ -84,7 +93,9 @@ def test_custom_format_pattern():
 
 @pytest.mark.parametrize("completion,answer,expected", [
     ("<answer> Paris. </answer>", "paris", 1.0), (r"I think \boxed{Paris}", "Paris", 1.0),
-    ("Paris", "Paris", 1.0), ("London", "Paris", 0.0), ("<answer>Paris, France</answer>", "Paris", 0.0)])
+    ("Paris", "Paris", 1.0), ("London", "Paris", 0.0), ("<answer>Paris, France</answer>", "Paris", 0.0),
+    (r"\boxed{London} or \boxed{Paris}", "Paris", 0.0),                     # boxes that disagree: a hedge
+    (r"\boxed{Paris}, yes: \boxed{Paris}", "Paris", 1.0), ("<answer>Paris", "Paris", 0.0)])
 def test_exact_match(completion, answer, expected):
   assert rewards.REWARDS["exact_match"](completion, {"answer": answer}) == expected
 
@@ -117,10 +128,15 @@ def test_combine_spec_syntax(user_module):
   assert specs[2].fn is user_module.length and specs[0].fn is rewards.REWARDS["math"]
   listed = rewards.combine(["math", ("format", 0.5), user_module.length], weights=[1.0, 0.1, 3.0])
   assert [(r.name, r.weight) for r in listed] == [("math", 1.0), ("format", 0.1), ("<lambda>", 3.0)]
+  modes = rewards.combine("math:boxed:0.5,math:gsm8k=2,math:flexible")
+  assert [(r.name, r.weight, r.fn.mode) for r in modes] == [
+      ("math:boxed", 0.5, "boxed"), ("math:gsm8k", 2.0, "gsm8k"), ("math:flexible", 1.0, "flexible")]
+  assert rewards.REWARDS["math"].mode == "flexible"  # The default mode (see jaxpost/rewards/math.py).
 
 
 @pytest.mark.parametrize("spec,error,match", [
     ("maths", KeyError, "unknown reward 'maths'"), ("math=abc", ValueError, "not a number"),
+    ("math:bxoed", KeyError, r"unknown mode 'bxoed' of reward 'math': its modes are \['anchored'"),
     ("no_such_module_xyz:fn", ImportError, "cannot import"), ("math,math:0.5", ValueError, "repeat"),
     ("user_rewards_for_test:missing", AttributeError, "no attribute"), ("", ValueError, "no reward")])
 def test_combine_errors(user_module, spec, error, match):
@@ -137,6 +153,15 @@ def test_score_batch_weighted_sum():
   np.testing.assert_allclose(out, [1.2, 0.2, 1.0], rtol=1e-6)
   assert metrics["reward/math"] == pytest.approx(2 / 3) and metrics["reward/format"] == pytest.approx(2 / 3)
   assert metrics["reward/errors"] == 0 and metrics["reward/timeouts"] == 0
+
+
+def test_a_reward_at_weight_zero_is_logged_not_trained_on():
+  """format at weight 0 beside math: the totals are math's alone (1, 0, 1), while format's mean raw score
+  (2 of 3 completions formatted: 2/3) is still logged, so a second reward can watch the first."""
+  completions = ["<think>t</think><answer>4</answer>", "<think>t</think><answer>5</answer>", r"\boxed{4}"]
+  out, metrics = rewards.score_batch("math,format:0", completions, [{"answer": "4"}] * 3)
+  np.testing.assert_array_equal(out, [1.0, 0.0, 1.0])
+  assert metrics["reward/format"] == pytest.approx(2 / 3) and metrics["reward/math"] == pytest.approx(2 / 3)
 
 
 def test_score_batch_survives_errors_and_timeouts():
