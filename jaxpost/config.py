@@ -105,7 +105,7 @@ def rl_config() -> ml_collections.ConfigDict:
   c.old_logps = "sampler"       # Behaviour log-probs: sampler (as sampled) | recompute (trainer, before updates).
   c.max_prompt_len = 64         # Longer prompts are dropped (and counted).
   c.max_new_tokens = 16         # Completion budget.
-  c.temperature = 1.0           # Sampling temperature (the loss uses the same one).
+  c.temperature = 1.0           # Sampling temperature, > 0 (the loss uses the same one).
   c.top_k = 0                   # 0 = off.
   c.top_p = 1.0                 # 1 = off.
   c.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce_pp.
@@ -287,7 +287,9 @@ def _validate_rl(config) -> None:
          f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
   _check(r.beta >= 0, "rl.beta", f"must be >= 0, got {r.beta}")
   _check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
-  _check(r.temperature >= 0, "rl.temperature", f"must be >= 0, got {r.temperature}")
+  _check(r.temperature > 0, "rl.temperature",
+         f"must be > 0, got {r.temperature}: rollouts sample the policy at this temperature and the loss "
+         "scores them at it; greedy rollouts (0) give a group identical samples (evaluation is greedy already)")
 
 
 def _validate_preference(config) -> None:

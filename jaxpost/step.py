@@ -52,8 +52,9 @@ def make_train_step(loss_fn: Callable, normalizer: Callable, tx: optax.GradientT
   return step
 
 
-def make_eval_step(loss_fn: Callable, normalizer: Callable) -> Callable:
-  """Returns eval_step(params, batch, frozen) -> (loss_sum, weight), summed over batches by the caller."""
+def make_eval_step(loss_fn: Callable) -> Callable:
+  """Returns eval_step(params, batch, frozen) -> (loss_sum, weight = loss tokens), summed over batches by
+  the caller: the held-out loss is a token mean over the whole eval set, not a mean of batch means."""
   def eval_step(params, batch, frozen=None):
     loss_sum, _ = loss_fn(params, batch, frozen)
     return loss_sum, jnp.sum(batch["loss_mask"].astype(jnp.float32))

@@ -46,6 +46,7 @@ def test_mesh_shape_resolves_minus_one():
     ("model.num_kv_heads", 3, r"^config\.model\.num_kv_heads: num_heads=4 is not a multiple"),
     ("train.grad_accum", 3, r"^config\.train\.grad_accum: batch_size=8 is not divisible"),
     ("mesh.data", 3, r"^config\.mesh\.fsdp: mesh \(data=3, fsdp=-1, tensor=1\) does not divide 8 devices"),
+    ("rl.temperature", 0.0, r"^config\.rl\.temperature: must be > 0, got 0.0: rollouts sample"),
 ])
 def test_bad_values_name_the_key(key, value, pattern):
   c = config_lib.base_config()
@@ -53,6 +54,8 @@ def test_bad_values_name_the_key(key, value, pattern):
   (c[group] if group else c)[field] = value
   if key == "mesh.data":
     c.mesh.fsdp = -1
+  if key.startswith("rl."):
+    c.algorithm = "grpo"
   with pytest.raises(config_lib.ConfigError, match=pattern):
     config_lib.validate(c, num_devices=8)
 

@@ -12,7 +12,7 @@ from jaxpost.tasks import arithmetic
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_ppo_raises_a_toy_reward(tmp_path):
+def _toy_config(tmp_path):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps(r) + "\n" for r in arithmetic.prompt_records(arithmetic.TRAIN_PAIRS[:64])))
   c = base_config()
@@ -27,6 +27,11 @@ def test_ppo_raises_a_toy_reward(tmp_path):
   c.rl.num_epochs, c.rl.minibatch_size, c.rl.beta = 2, 16, 0.02
   c.rl.reward_fns = "jaxpost.tasks.arithmetic:leading_digit_reward"
   validate(c, num_devices=8)
+  return c
+
+
+def test_ppo_raises_a_toy_reward(tmp_path):
+  c = _toy_config(tmp_path)
   ppo.run(c, str(tmp_path / "run"))
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"reward/mean"' in line]
   rewards = [r["reward/mean"] for r in records]
@@ -36,3 +41,36 @@ def test_ppo_raises_a_toy_reward(tmp_path):
   assert abs(records[0]["kl"]) < 1e-6  # The first rollout comes from the reference policy itself.
   with open(tmp_path / "run" / "model.json") as f:
     assert json.load(f)["params_key"] == "policy"
+
+
+def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeypatch):
+  """Device bytes alive at the first rollout, fresh and resumed: with beta 0.02 they exceed beta 0's by
+  exactly one copy of the policy's params (the frozen reference), and with beta 0 nothing beyond the
+  train state is kept (the starting weights used to stay on device for the whole run)."""
+  import gc
+
+  import jax
+  from jaxpost import state as state_lib
+  from jaxpost.loops import common, rollouts
+  seen = []
+  sample = rollouts.Rollouts.sample
+
+  def counting_sample(self, params, *args, **kwargs):
+    if len(seen) < len(runs):  # First rollout of this run.
+      gc.collect()
+      seen.append(sum(x.nbytes for x in jax.live_arrays()))
+    return sample(self, params, *args, **kwargs)
+  monkeypatch.setattr(rollouts.Rollouts, "sample", counting_sample)
+  runs = []
+  for beta in (0.0, 0.02):
+    c = _toy_config(tmp_path)
+    c.train.steps, c.rl.beta, c.rl.num_epochs = 0, beta, 1
+    workdir = str(tmp_path / f"beta{beta}")
+    for _ in ("fresh", "resumed"):
+      runs.append(beta)
+      c.train.steps += 1  # The second run resumes from the first's checkpoint.
+      ppo.run(c, workdir)
+  fresh0, resumed0, fresh2, resumed2 = seen
+  shapes = state_lib.abstract_model(common.read_model_record(workdir)[0])[1]
+  policy_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  assert fresh2 - fresh0 == resumed2 - resumed0 == policy_bytes

@@ -42,17 +42,23 @@ class Setup:
   data_state: dict | None   # The iterator/loop state saved with the resumed checkpoint (None if fresh).
   resumed_step: int | None  # Checkpoint step resumed from (None if fresh).
   frozen_base: dict | None = None  # Under LoRA: the frozen (maybe quantised) base; state["params"] = adapters.
+  mesh: object = None
+  source: dict | None = None  # base_params' keywords: where the starting weights came from.
 
   def full_params(self, params: dict) -> dict:
     """The whole model's params (what graphdef merges with) from the trained ones."""
     return params if self.frozen_base is None else lora.join(self.frozen_base, params)
 
   def reference_params(self, params: dict) -> dict:
-    """The frozen reference policy: under LoRA the base with adapters disabled (no second copy of the
-    weights); otherwise a copy of `params`."""
-    if self.frozen_base is None:
+    """The frozen reference policy, the starting weights after any number of restarts: under LoRA the
+    base with adapters disabled (no second copy of the weights); in a fresh run a copy of `params`; on
+    resume the starting weights reloaded from their source (init_checkpoint, HF path, or the seeded init),
+    never the resumed params."""
+    if self.frozen_base is not None:
+      return lora.join(self.frozen_base, lora.disabled(params))
+    if self.resumed_step is None:
       return jax.tree.map(jnp.copy, params)
-    return lora.join(self.frozen_base, lora.disabled(params))
+    return base_params(self.model_cfg, self.param_shardings, self.mesh, **{**self.source, "log": lambda _: None})
 
   def trainable_loss(self, loss_fn):
     """loss_fn over the whole model -> the same loss over the trained params (adapters under LoRA)."""
@@ -224,7 +230,7 @@ def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: i
     log(f"LoRA rank {model_cfg.lora_rank} on {','.join(model_cfg.lora_targets)}: {count(state['params']):,} "
         f"trained params, {count(lora.split(param_shapes)[0]):,} frozen")
   return Setup(model_cfg, graphdef, tx, schedule, param_shardings, shardings, checkpointer, state, data_state,
-               latest, base)
+               latest, base, mesh, source)
 
 
 def check_finite(step: int, metrics) -> None:

@@ -86,18 +86,17 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
       step_lib.make_train_step(loss_fn, algorithm.normalizer, tx, schedule, grad_accum=t.grad_accum),
       in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, mesh_lib.replicated(mesh)),
       donate_argnums=0)
-  eval_step = jax.jit(step_lib.make_eval_step(loss_fn, algorithm.normalizer),
-                      in_shardings=(trained_shardings, batch_shardings, None))
-
-  def evaluate(params) -> dict:
-    total, weight = 0.0, 0.0
-    for batch in eval_data:
-      s, w = eval_step(params, mesh_lib.global_batch(batch, mesh), None)
-      total, weight = total + float(s), weight + float(w)
-    return {"eval_loss": total / max(weight, 1.0)}
-
   if config.algorithm in preference.ALGORITHMS:  # Eval loss plus held-out preference accuracy.
     evaluate = preference.make_evaluate(loss_fn, eval_data, mesh, trained_shardings, frozen, config.algorithm)
+  else:
+    eval_step = jax.jit(step_lib.make_eval_step(loss_fn), in_shardings=(trained_shardings, batch_shardings, None))
+
+    def evaluate(params) -> dict:
+      total, weight = 0.0, 0.0
+      for batch in eval_data:
+        s, w = eval_step(params, mesh_lib.global_batch(batch, mesh), None)
+        total, weight = total + float(s), weight + float(w)
+      return {"eval_loss": total / max(weight, 1.0)}
 
   def save(step: int) -> None:
     checkpointer.save(step, state, train_iter.get_state())

@@ -55,12 +55,10 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   graphdef, state, shardings = setup.graphdef, setup.state, setup.shardings
   source = rollouts.Rollouts.from_config(config, tokenizer, graphdef)
   loop_state = setup.data_state or {"step": 0, "cursor": 0, "epoch": 0}
-  # The reference policy is the starting params, frozen (under LoRA: the base with adapters disabled, no
-  # second copy of the weights); with beta == 0 none is kept at all.
+  # The reference policy is the starting params, frozen, reloaded from their source on resume (under LoRA:
+  # the base with adapters disabled, no second copy of the weights); with beta == 0 none is kept at all.
   ref_params = setup.reference_params(state["params"]) if rl.beta > 0 or rl.kl_in_reward else None
   full = setup.full_params  # Trained params (adapters under LoRA) -> the whole model's.
-  if ref_params is not None and setup.resumed_step is not None:
-    writer.log("note: the reference model is the resumed params (no separate reference checkpoint yet)")
   writer.log(f"model: {setup.model_cfg.num_params():,} params; prompts: {source.prompt_stats}; "
              f"{rows} rollout rows/step, {updates_per_step} updates/step")
 
@@ -69,7 +67,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
       graphdef, policy_loss=rl.policy_loss, aggregation=rl.aggregation, beta=0.0 if rl.kl_in_reward else rl.beta,
       kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, epsilon_low=rl.epsilon_low,
       epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None, logprob_impl=setup.model_cfg.logprob_impl,
-      temperature=rl.temperature or 1.0, max_len=rl.max_new_tokens)
+      temperature=rl.temperature, max_len=rl.max_new_tokens)
   loss_fn = setup.trainable_loss(policy_loss_fn)
   batch_shardings = mesh_lib.batch_sharding(mesh)
   train_step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, setup.tx, setup.schedule,
@@ -82,7 +80,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   select_rows = jax.jit(lambda batch, idx: jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch),
                         out_shardings=batch_shardings)
   logps_fn = jax.jit(functools.partial(logprobs_lib.token_logprobs, graphdef, impl=setup.model_cfg.logprob_impl,
-                                       temperature=rl.temperature or 1.0))
+                                       temperature=rl.temperature))
 
   # ---------------------------------------------------------------- Loop
   summary = {}

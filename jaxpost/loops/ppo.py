@@ -89,24 +89,32 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
   loop_state = {"step": 0, "cursor": 0, "epoch": 0}
   source_kw = dict(hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint, seed=t.seed, log=writer.log)
-  initial_policy = common.base_params(policy_cfg, param_shardings["policy"], mesh, **source_kw)
+  # The reference policy: the initial policy, frozen (reloaded from its source on resume); with beta == 0
+  # none is kept, so the policy's weights are on device once.
+  initial_policy = lambda: common.base_params(policy_cfg, param_shardings["policy"], mesh, **source_kw)
+  ref_params = None
   if checkpointer.latest_step() is not None:
+    common.check_same_model(workdir, policy_cfg)
     state, loop_state = checkpointer.restore(checkpointer.latest_step(),
                                              state_lib.abstract_state(shardings, shapes, tx))
     writer.log(f"resuming from checkpoint step {checkpointer.latest_step()} in {checkpointer.directory}")
+    if rl.beta > 0:
+      ref_params = initial_policy()
   else:
-    params = {"policy": jax.tree.map(jnp.copy, initial_policy),
-              "value": _critic_params(config, value_cfg, param_shardings["value"], mesh, writer.log)}
+    policy = initial_policy()
+    if rl.beta > 0:
+      ref_params, policy = policy, jax.tree.map(jnp.copy, policy)
+    params = {"policy": policy, "value": _critic_params(config, value_cfg, param_shardings["value"], mesh, writer.log)}
+    del policy
     state = state_lib.create_state(params, tx, shardings, t.seed)
+    del params  # (create_state may copy: keep no second reference to the starting weights.)
     common.write_model_record(workdir, policy_cfg, config, params_key="policy")
-  # The reference policy: the initial policy, frozen (rebuilt from its source on resume).
-  ref_params = initial_policy if rl.beta > 0 else None
   source = rollouts.Rollouts.from_config(config, tokenizer, policy_graphdef)
   writer.log(f"actor {policy_cfg.num_params():,} + critic {value_cfg.num_params():,} params; prompts: "
              f"{source.prompt_stats}; {rows} rollout rows/step, {updates_per_step} updates/step")
 
   # ---------------------------------------------------------------- Update step, log-probs, values
-  temperature = rl.temperature or 1.0
+  temperature = rl.temperature
   loss_fn, normalizer = ppo.make_ppo_loss_fn(
       policy_graphdef, value_graphdef, vf_coef=pc.vf_coef, value_clip=pc.value_clip, epsilon_low=rl.epsilon_low,
       epsilon_high=rl.epsilon_high, entropy_coef=rl.entropy_coef, logprob_impl=policy_cfg.logprob_impl,

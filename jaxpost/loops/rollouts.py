@@ -83,7 +83,7 @@ class Rollouts:
     result.update({"eval/" + k[len("reward/"):]: v for k, v in metrics.items()
                    if k.endswith(("/anchored", "/fallback")) or k.startswith("reward/truncated")})
     if rl.pass_k:
-      out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature or 1.0, seed=1)
+      out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature, seed=1)
       rewards, _ = self.score(out, self.eval_prompts, rl.pass_k)
       result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean((rewards.reshape(-1, rl.pass_k) > 0).any(axis=1)))
     return result
