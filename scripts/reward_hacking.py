@@ -41,6 +41,9 @@ def lenient_math(completion: str, example: dict) -> float:
   return float(bool(gold and pred and verify(gold, pred, timeout_seconds=None)))
 
 
+lenient_math.verifier = True  # It claims 1.0 means correct: the run's eval/accuracy is computed from it.
+
+
 def write_jsonl(path: str, records) -> None:
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)

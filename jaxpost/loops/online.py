@@ -141,17 +141,16 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     common.check_finite(step, metrics_list[-1])
     train_time = time.perf_counter() - start
 
-    # Metrics (names fixed by the issue: reward/mean, accuracy, kl, entropy, clip_frac, ...).
+    # Metrics: reward/mean and /std (of the kept groups), kl, entropy, clip_frac, ...; accuracy from the verifiers.
     lengths = np.array([len(c) for c in completions]) if completions else np.zeros(1)
     values = {k: float(np.mean([float(m[k]) for m in metrics_list])) for k in metrics_list[0]
               if k not in ("lr", "loss_tokens")}
     values.update({"reward/mean": float(raw_rewards.mean()) if groups else 0.0,
                    "reward/std": float(raw_rewards.std()) if groups else 0.0,
-                   "accuracy": 100.0 * float((raw_rewards > 0).mean()) if groups else 0.0,
                    "response_length/mean": float(lengths.mean()), "groups": len(groups),
                    "lr": float(metrics_list[-1]["lr"]), "rollout_time": rollout_time, "train_time": train_time,
                    "tokens_per_sec": float(lengths.sum()) / max(rollout_time + train_time, 1e-9)})
-    values.update(reward_metrics)  # Already named reward/<fn>, reward/errors, reward/timeouts.
+    values.update(reward_metrics)  # reward/<fn>, reward/errors, ...; accuracy where a verifier defines it.
     is_last = step == t.steps
     if (t.log_every and step % t.log_every == 0) or is_last:
       summary = writer.write(step, values)

@@ -184,7 +184,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     values = {k: float(np.mean([float(m[k]) for m in metrics_list])) for k in metrics_list[0]
               if k not in ("lr", "loss_tokens")}
     values.update({"reward/mean": float(np.mean(scores)), "reward/std": float(np.std(scores)),
-                   "accuracy": 100.0 * float(np.mean(scores > 0)), "explained_variance": float(explained),
+                   "explained_variance": float(explained),
                    "response_length/mean": float(lengths.mean()), "lr": float(metrics_list[-1]["lr"]),
                    "rollout_time": rollout_time, "train_time": train_time,
                    "tokens_per_sec": float(lengths.sum()) / max(rollout_time + train_time, 1e-9)})

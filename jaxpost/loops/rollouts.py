@@ -32,6 +32,10 @@ class Rollouts:
       reward_fns = rewards_lib.combine(rl.reward_fns)
     except (KeyError, ValueError, ImportError, AttributeError, TypeError) as e:
       raise ConfigError(f"config.rl.reward_fns={rl.reward_fns!r}: {e.args[0] if e.args else e}") from None
+    if rl.pass_k and not any(r.weight != 0 and rewards_lib.is_verifier(r.fn) for r in reward_fns):
+      raise ConfigError(f"config.rl.pass_k={rl.pass_k}: pass@k counts correct samples, and none of "
+                        f"config.rl.reward_fns={rl.reward_fns!r} is a verifier (math, exact_match, multiple_choice, "
+                        "code, or a function with `.verifier = True`)")
     if not config.data.train_path:
       raise ConfigError(f"config.data.train_path: empty; {config.algorithm} needs prompt JSONL")
     prompts, stats = load_prompts(common.split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
@@ -67,23 +71,31 @@ class Rollouts:
                              compiler_options=sampling.CUDA_GRAPHS if rl.cuda_graphs else ())
 
   def score(self, out, batch_prompts, num_samples: int):
-    """(rewards (R,) f32, reward metrics) of sampled rows; row r belongs to prompt r // num_samples."""
+    """(rewards (R,) f32, reward metrics) of sampled rows (see `score_rows`)."""
+    return self.score_rows(out, batch_prompts, num_samples)[:2]
+
+  def score_rows(self, out, batch_prompts, num_samples: int):
+    """(rewards (R,) f32, reward metrics, correct (R,) bool or None without a verifier) of sampled rows;
+    row r belongs to prompt r // num_samples. Metrics include `accuracy` where a verifier defines it."""
     texts = [self.tokenizer.decode([x for x in c if x not in self.stop_ids]) for c in out.completions()]
     records = [batch_prompts[r // num_samples]["record"] for r in range(len(texts))]
-    return rewards_lib.score_batch(self.reward_fns, texts, records, timeout_s=self.rl.reward_timeout_s,
-                                   truncated=[f == "length" for f in out.finish_reasons])
+    return rewards_lib.score_rows(self.reward_fns, texts, records, timeout_s=self.rl.reward_timeout_s,
+                                  truncated=[f == "length" for f in out.finish_reasons])
 
   def evaluate(self, params) -> dict:
-    """Greedy accuracy (% of held-out prompts whose reward is positive) and, if asked, pass@k."""
+    """Greedy decoding of the held-out prompts: mean reward, and where a verifier defines correctness,
+    accuracy (% of prompts answered correctly) and, if asked, pass@k (% with a correct one of k samples)."""
     rl = self.rl
     out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0)
-    rewards, metrics = self.score(out, self.eval_prompts, 1)
-    result = {"eval/accuracy": 100.0 * float(np.mean(rewards > 0))}
+    rewards, metrics, correct = self.score_rows(out, self.eval_prompts, 1)
+    result = {"eval/reward/mean": float(np.mean(rewards))}
+    if correct is not None:
+      result["eval/accuracy"] = 100.0 * float(np.mean(correct))
     # How the greedy answers were read, and how many ran to the budget (see rewards/provenance.py).
     result.update({"eval/" + k[len("reward/"):]: v for k, v in metrics.items()
                    if k.endswith(("/anchored", "/fallback")) or k.startswith("reward/truncated")})
     if rl.pass_k:
       out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, temperature=rl.temperature, seed=1)
-      rewards, _ = self.score(out, self.eval_prompts, rl.pass_k)
-      result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean((rewards.reshape(-1, rl.pass_k) > 0).any(axis=1)))
+      _, _, correct = self.score_rows(out, self.eval_prompts, rl.pass_k)
+      result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean(correct.reshape(-1, rl.pass_k).any(axis=1)))
     return result

@@ -57,6 +57,7 @@ def _exact_match_source(completion: str, example: dict) -> str:
 
 
 exact_match_reward.answer_source = _exact_match_source  # Read by the rollout metrics (see provenance.py).
+exact_match_reward.verifier = True
 
 
 _CHOICE_PATTERNS = (
@@ -84,3 +85,6 @@ def multiple_choice_reward(completion: str, example: dict) -> float:
   """1.0 if the chosen letter (see `choice_letter`) is example['answer'] ('B', '(B)' or 'b')."""
   gold = re.sub(r"[^A-Ea-e]", "", str(example["answer"])).upper()
   return 1.0 if gold and choice_letter(completion) == gold else 0.0
+
+
+multiple_choice_reward.verifier = True

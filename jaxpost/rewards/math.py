@@ -75,6 +75,7 @@ def numbers_equal(a, b, rel_tol: float = 1e-6) -> bool:
 class MathReward:
   """fn(completion, example) -> 1.0 if the answer stated under `mode` equals example['answer'], else 0.0."""
   mode: str = DEFAULT_MODE
+  verifier = True  # 1.0 means a correct answer: the loops report accuracy from it (registry.is_verifier).
 
   def __post_init__(self):
     extract.check_mode(self.mode)

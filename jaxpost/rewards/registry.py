@@ -184,8 +184,23 @@ def _batched_value(value: float, error: BaseException | None) -> float:
   return value
 
 
+def is_verifier(fn) -> bool:
+  """A reward whose 1.0 means "correct" (a checked answer, passing tests), marked `fn.verifier = True`:
+  math and its modes, exact_match, multiple_choice, code. Shaping rewards (format), reward models and
+  user functions are not, unless they say so."""
+  return bool(getattr(fn, "verifier", False))
+
+
 def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict], timeout_s: float = 10.0, *,
                 max_workers: int | None = None, truncated: Sequence[bool] | None = None):
+  """(rewards, metrics) of `score_rows`."""
+  rewards, metrics, _ = score_rows(reward_fns, completions, examples, timeout_s, max_workers=max_workers,
+                                   truncated=truncated)
+  return rewards, metrics
+
+
+def score_rows(reward_fns, completions: Sequence[str], examples: Sequence[dict], timeout_s: float = 10.0, *,
+               max_workers: int | None = None, truncated: Sequence[bool] | None = None):
   """Scores N completions: rewards[i] = sum_k w_k fn_k(completions[i], examples[i]).
 
   A call that raises, returns a non-finite value or runs past timeout_s counts 0 and is counted in the
@@ -193,7 +208,10 @@ def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict]
   Returns (rewards float32 [N], metrics): `reward/NAME` (mean raw score), `reward/NAME/errors`,
   `reward/NAME/timeouts`, and `reward/errors`, `reward/timeouts` over all functions; plus where the
   rewarded answers came from, and (given `truncated` [N], rows that hit the length budget) how many were
-  cut: `provenance.answer_metrics`."""
+  cut: `provenance.answer_metrics`. Where verifiers of nonzero weight are among the rewards (`is_verifier`),
+  correct[i] = every one of them scored >= 1 on row i and metrics["accuracy"] = 100 * mean(correct);
+  otherwise correct is None and there is no accuracy (a reward model's or a shaped reward's "> 0" is not
+  one). Returns (rewards float32 [N], metrics, correct bool [N] | None)."""
   if isinstance(reward_fns, str) or not isinstance(reward_fns, Sequence) or not all(
       isinstance(r, WeightedReward) for r in reward_fns):
     reward_fns = combine(reward_fns)
@@ -224,7 +242,11 @@ def score_batch(reward_fns, completions: Sequence[str], examples: Sequence[dict]
   metrics["reward/errors"] = int((status == "error").sum())
   metrics["reward/timeouts"] = int((status == "timeout").sum())
   metrics.update(provenance.answer_metrics(reward_fns, scores, completions, examples, rewards, truncated))
+  checked = [k for k, r in enumerate(reward_fns) if r.weight != 0 and is_verifier(r.fn)]
+  correct = np.all(scores[checked] >= 1.0, axis=0) if checked else None
+  if correct is not None:
+    metrics["accuracy"] = 100.0 * float(correct.mean()) if n else 0.0
   for i, e in errors[:3]:
     logging.warning("reward %s failed on completion %d: %s: %s", reward_fns[i // n].name, i % n,
                     type(e).__name__, e)
-  return rewards, metrics
+  return rewards, metrics, correct

@@ -66,8 +66,9 @@ def test_rollouts_score_passes_the_budget_hits():
   assert (metrics["reward/math/anchored"], metrics["reward/math/fallback"]) == (2, 2)
   source.eval_prompts = [{"record": RECORD}] * 5  # One greedy sample each: the same 5 rows.
   source.sample = lambda *args, **kwargs: out
-  assert source.evaluate(None) == {"eval/accuracy": 80.0, "eval/math/anchored": 2, "eval/math/fallback": 2,
-                                   "eval/truncated": 2, "eval/truncated_rewarded": 1}
+  assert source.evaluate(None) == {"eval/reward/mean": pytest.approx(0.8), "eval/accuracy": 80.0,
+                                   "eval/math/anchored": 2, "eval/math/fallback": 2, "eval/truncated": 2,
+                                   "eval/truncated_rewarded": 1}
 
 
 def test_bad_reward_mode_is_a_config_error():
@@ -75,4 +76,13 @@ def test_bad_reward_mode_is_a_config_error():
   config.rl.reward_fns = "math:strict,format"
   with pytest.raises(ConfigError, match=r"^config\.rl\.reward_fns='math:strict,format': unknown mode 'strict' of "
                                         r"reward 'math': its modes are \['anchored'"):
+    rollouts.Rollouts.from_config(config, None, None)
+
+
+def test_pass_at_k_without_a_verifier_is_a_config_error():
+  """pass@k counts correct samples; with only a shaping reward nothing defines correct (was: reward > 0)."""
+  config = base_config()
+  config.rl.pass_k, config.rl.reward_fns = 4, "format,math:0"
+  with pytest.raises(ConfigError, match=r"^config\.rl\.pass_k=4: pass@k counts correct samples, and none of "
+                                        r"config\.rl\.reward_fns='format,math:0' is a verifier"):
     rollouts.Rollouts.from_config(config, None, None)

@@ -155,6 +155,23 @@ def test_score_batch_weighted_sum():
   assert metrics["reward/errors"] == 0 and metrics["reward/timeouts"] == 0
 
 
+def test_accuracy_comes_from_the_verifiers_of_nonzero_weight():
+  """math (a verifier) + format 0.2 (shaping): rows 1-3 as in test_score_batch_weighted_sum, rewards 1.2,
+  0.2, 1.0, all > 0, but only rows 1 and 3 are correct: accuracy 2/3 = 66.7%, correct = [T, F, T]. With
+  math at weight 0 (a monitor) nothing defines correctness: no accuracy, correct None; format alone is
+  not a verifier either, so a shaped "> 0" is never reported as accuracy."""
+  completions = ["<think>t</think><answer>4</answer>", "<think>t</think><answer>5</answer>", r"\boxed{4}"]
+  records = [{"answer": "4"}] * 3
+  out, metrics, correct = rewards.score_rows("math,format:0.2", completions, records)
+  assert (out > 0).all() and metrics["accuracy"] == pytest.approx(200 / 3)
+  np.testing.assert_array_equal(correct, [True, False, True])
+  for spec in ("math:0,format:0.2", "format"):
+    _, metrics, correct = rewards.score_rows(spec, completions, records)
+    assert correct is None and "accuracy" not in metrics
+  assert all(rewards.is_verifier(rewards.REWARDS[n]) for n in ("math", "math:boxed", "exact_match", "multiple_choice",
+                                                               "code"))
+
+
 def test_a_reward_at_weight_zero_is_logged_not_trained_on():
   """format at weight 0 beside math: the totals are math's alone (1, 0, 1), while format's mean raw score
   (2 of 3 completions formatted: 2/3) is still logged, so a second reward can watch the first."""
