@@ -196,6 +196,22 @@ def _choice(config, key: str, choices) -> None:
   _check(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
 
 
+# GRPO-family settings PPO does not read: set away from their defaults, they would do nothing.
+PPO_UNUSED_RL = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.dual_clip", "rl.kl_estimator",
+                 "rl.kl_in_reward", "rl.dynamic_sampling", "rl.max_refills", "rl.overlong", "rl.overlong_buffer")
+
+
+def _check_unused(config, keys, why: str) -> None:
+  """A field the algorithm does not read must keep its default: a one-line error instead of a setting
+  silently ignored."""
+  defaults = base_config()
+  for key in keys:
+    group, field = key.split(".")
+    value, default = config[group][field], defaults[group][field]
+    _check(value == default, key, f"{value!r} is not used by algorithm={config.algorithm} ({why}); leave it at "
+           f"its default {default!r}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first invalid key. `num_devices` checks the mesh when given."""
   _choice(config, "algorithm", ALGORITHMS)
@@ -209,6 +225,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, "optim.schedule", ("cosine", "constant"))
   if config.algorithm in ("grpo", "ppo"):
     _validate_rl(config)
+    _check_unused(config, ("train.batch_size",), "the rollout batch is rl.prompts_per_step x rl.num_generations "
+                  "rows, each update rl.minibatch_size of them")
+  if config.algorithm == "ppo":
+    _check_unused(config, PPO_UNUSED_RL, "PPO's advantages are GAE from its critic (ppo.*), its loss the clipped "
+                  "PPO objective with the KL in the reward")
   if config.algorithm == "ppo":
     p = config.ppo
     _check(0 < p.gamma <= 1, "ppo.gamma", f"must be in (0, 1], got {p.gamma}")

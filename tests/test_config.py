@@ -47,15 +47,22 @@ def test_mesh_shape_resolves_minus_one():
     ("train.grad_accum", 3, r"^config\.train\.grad_accum: batch_size=8 is not divisible"),
     ("mesh.data", 3, r"^config\.mesh\.fsdp: mesh \(data=3, fsdp=-1, tensor=1\) does not divide 8 devices"),
     ("rl.temperature", 0.0, r"^config\.rl\.temperature: must be > 0, got 0.0: rollouts sample"),
+    ("train.batch_size", 32, r"^config\.train\.batch_size: 32 is not used by algorithm=grpo \(the rollout batch is "
+                             r"rl\.prompts_per_step x rl\.num_generations rows, .*\); leave it at its default 8$"),
+    ("ppo:rl.dynamic_sampling", True, r"^config\.rl\.dynamic_sampling: True is not used by algorithm=ppo \(PPO's "
+                                      r"advantages are GAE"),
+    ("ppo:rl.advantage", "rloo", r"^config\.rl\.advantage: 'rloo' is not used by algorithm=ppo"),
 ])
 def test_bad_values_name_the_key(key, value, pattern):
   c = config_lib.base_config()
+  if key.startswith("ppo:"):
+    key, c.algorithm = key[len("ppo:"):], "ppo"
+  elif key.startswith(("rl.", "train.batch_size")):
+    c.algorithm = "grpo"
   group, _, field = key.rpartition(".")
   (c[group] if group else c)[field] = value
   if key == "mesh.data":
     c.mesh.fsdp = -1
-  if key.startswith("rl."):
-    c.algorithm = "grpo"
   with pytest.raises(config_lib.ConfigError, match=pattern):
     config_lib.validate(c, num_devices=8)
 
