@@ -59,10 +59,10 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str | None
 
   import jax
   from jaxpost import checkpoint, state
-  from jaxpost.loops import common
+  from jaxpost import workdir as workdir_lib
   from jaxpost.models import hf, lora
 
-  model_cfg, record = common.read_model_record(workdir)
+  model_cfg, record = workdir_lib.read_model_record(workdir)
   _, shapes, _ = state.abstract_model(model_cfg)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   to_abstract = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), tree)
@@ -80,7 +80,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str | None
   adapters = checkpoint.restore_params(workdir, to_abstract(lora.split(shapes)[1]), step)
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3,
                        devices=jax.devices()[:1])
-  base = common.base_params(model_cfg, state.param_shardings(model_cfg, mesh), mesh, hf_path=record["hf_path"],
+  base = workdir_lib.base_params(model_cfg, state.param_shardings(model_cfg, mesh), mesh, hf_path=record["hf_path"],
                             init_checkpoint=record["init_checkpoint"], seed=record["seed"], log=lambda _: None)
   plain = dataclasses.replace(model_cfg, lora_rank=0)
   if merge_lora:

@@ -99,7 +99,7 @@ def main(argv) -> None:
   from jaxpost import mesh as mesh_lib, sampling, state, tokenizers
   from jaxpost.models import ModelConfig
 
-  from jaxpost.loops import common
+  from jaxpost import workdir as workdir_lib
   from jaxpost.models import hf
   from jaxpost.models.safetensors_io import CheckpointError
 
@@ -107,11 +107,11 @@ def main(argv) -> None:
   try:
     kind = model_kind(_MODEL.value)
     mesh = mesh_lib.make_mesh(config)
-    has_record = os.path.isfile(os.path.join(_MODEL.value, common.MODEL_RECORD))
+    has_record = os.path.isfile(os.path.join(_MODEL.value, workdir_lib.MODEL_RECORD))
     if kind == "hf":
       tokenizer = tokenizers.load(_TOKENIZER.value or _MODEL.value)
     elif has_record:
-      model_cfg, record = common.read_model_record(_MODEL.value)
+      model_cfg, record = workdir_lib.read_model_record(_MODEL.value)
       tokenizer = tokenizers.load(_TOKENIZER.value or record["tokenizer"] or config.tokenizer.path)
     else:
       tokenizer = tokenizers.load(_TOKENIZER.value or config.tokenizer.path)
@@ -123,7 +123,7 @@ def main(argv) -> None:
         params = nnx.to_pure_dict(params)
       elif has_record:
         graphdef = state.abstract_model(model_cfg)[0]
-        params = common.load_trained(_MODEL.value, model_cfg, record, mesh)
+        params = workdir_lib.load_trained(_MODEL.value, model_cfg, record, mesh)
       else:
         graphdef, params = load_params(_MODEL.value, model_cfg, mesh)
       prompt, stop_ids = encode_prompt(_PROMPT.value, tokenizer, _CHAT.value)

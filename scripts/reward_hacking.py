@@ -61,10 +61,10 @@ def demo_config(stage: str):
 
 def greedy_replies(workdir: str, tokenizer, mesh, questions) -> list[str]:
   from jaxpost import sampling, state
-  from jaxpost.loops import common
-  model_cfg, record = common.read_model_record(workdir)
+  from jaxpost import workdir as workdir_lib
+  model_cfg, record = workdir_lib.read_model_record(workdir)
   graphdef = state.abstract_model(model_cfg)[0]
-  params = common.load_trained(workdir, model_cfg, record, mesh)
+  params = workdir_lib.load_trained(workdir, model_cfg, record, mesh)
   prompts = [tokenizer.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True)[0].tolist()
              for q in questions]
   out = sampling.greedy_generate(graphdef, params, prompts, max_new_tokens=_MAX_NEW, stop_id=tokenizer.chat_stop_ids[0])

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from jaxpost import checkpoint, export, state
-from jaxpost.loops import common, offline
+from jaxpost import workdir as workdir_lib
+from jaxpost.loops import offline
 from jaxpost.models import lora
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,14 +84,14 @@ def _check_exports(workdir, tmp_path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   peft = pytest.importorskip("peft")
-  model_cfg, record = common.read_model_record(workdir)
+  model_cfg, record = workdir_lib.read_model_record(workdir)
   graphdef, shapes, _ = state.abstract_model(model_cfg)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   adapters = checkpoint.restore_params(workdir, jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), lora.split(shapes)[1]))
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3,
                        devices=jax.devices()[:1])
-  base = common.base_params(model_cfg, state.param_shardings(model_cfg, mesh), mesh, hf_path="", init_checkpoint="",
+  base = workdir_lib.base_params(model_cfg, state.param_shardings(model_cfg, mesh), mesh, hf_path="", init_checkpoint="",
                             seed=record["seed"], log=lambda _: None)
   tokens = np.random.RandomState(0).randint(0, model_cfg.vocab_size, (2, 11))
   want = np.asarray(nnx.merge(graphdef, lora.join(base, adapters))(jnp.asarray(tokens, jnp.int32)))

@@ -51,7 +51,8 @@ def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeyp
 
   import jax
   from jaxpost import state as state_lib
-  from jaxpost.loops import common, rollouts
+  from jaxpost import workdir as workdir_lib
+  from jaxpost.loops import rollouts
   seen = []
   sample = rollouts.Rollouts.sample
 
@@ -71,6 +72,6 @@ def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeyp
       c.train.steps += 1  # The second run resumes from the first's checkpoint.
       ppo.run(c, workdir)
   fresh0, resumed0, fresh2, resumed2 = seen
-  shapes = state_lib.abstract_model(common.read_model_record(workdir)[0])[1]
+  shapes = state_lib.abstract_model(workdir_lib.read_model_record(workdir)[0])[1]
   policy_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
   assert fresh2 - fresh0 == resumed2 - resumed0 == policy_bytes

@@ -32,6 +32,7 @@ from jaxpost import step as step_lib
 from jaxpost import tokenizers
 from jaxpost.algorithms import ppo
 from jaxpost.config import ConfigError, rl_minibatch
+from jaxpost import workdir as workdir_lib
 from jaxpost.loops import common, rollouts
 
 
@@ -51,7 +52,7 @@ def _critic_params(config, value_cfg, shardings, mesh, log) -> dict:
     log(f"critic initialised from the reward model in {config.ppo.value_init}")
     return checkpoint_lib.restore_params(config.ppo.value_init, abstract, source="config.ppo.value_init")
   backbone_cfg = dataclasses.replace(value_cfg, head="lm", tie_embeddings=True)
-  backbone = common.base_params(backbone_cfg, state_lib.param_shardings(backbone_cfg, mesh), mesh,
+  backbone = workdir_lib.base_params(backbone_cfg, state_lib.param_shardings(backbone_cfg, mesh), mesh,
                                 hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint,
                                 seed=config.train.seed, log=lambda _: None)
   head = state_lib.init_params(value_cfg, mesh, config.train.seed + 7)
@@ -76,7 +77,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   writer = metrics_lib.MetricsWriter(workdir, total_steps=t.steps, progress=t.progress, name="ppo")
   policy_cfg = common.model_config(config, tokenizer.vocab_size)
   if pc.value_init:  # The critic takes the reward model's own architecture (it may differ from the policy's).
-    value_cfg = dataclasses.replace(common.read_model_record(pc.value_init)[0], head="scalar", lora_rank=0)
+    value_cfg = dataclasses.replace(workdir_lib.read_model_record(pc.value_init)[0], head="scalar", lora_rank=0)
   else:
     value_cfg = dataclasses.replace(policy_cfg, head="scalar")
   policy_graphdef, policy_shapes, _ = state_lib.abstract_model(policy_cfg)
@@ -91,10 +92,10 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   source_kw = dict(hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint, seed=t.seed, log=writer.log)
   # The reference policy: the initial policy, frozen (reloaded from its source on resume); with beta == 0
   # none is kept, so the policy's weights are on device once.
-  initial_policy = lambda: common.base_params(policy_cfg, param_shardings["policy"], mesh, **source_kw)
+  initial_policy = lambda: workdir_lib.base_params(policy_cfg, param_shardings["policy"], mesh, **source_kw)
   ref_params = None
   if checkpointer.latest_step() is not None:
-    common.check_same_model(workdir, policy_cfg)
+    workdir_lib.check_same_model(workdir, policy_cfg)
     state, loop_state = checkpointer.restore(checkpointer.latest_step(),
                                              state_lib.abstract_state(shardings, shapes, tx))
     writer.log(f"resuming from checkpoint step {checkpointer.latest_step()} in {checkpointer.directory}")
@@ -108,7 +109,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     del policy
     state = state_lib.create_state(params, tx, shardings, t.seed)
     del params  # (create_state may copy: keep no second reference to the starting weights.)
-    common.write_model_record(workdir, policy_cfg, config, params_key="policy")
+    workdir_lib.write_model_record(workdir, policy_cfg, config, params_key="policy")
   source = rollouts.Rollouts.from_config(config, tokenizer, policy_graphdef)
   writer.log(f"actor {policy_cfg.num_params():,} + critic {value_cfg.num_params():,} params; prompts: "
              f"{source.prompt_stats}; {rows} rollout rows/step, {updates_per_step} updates/step")

@@ -18,6 +18,7 @@ import numpy as np
 from jaxpost import mesh as mesh_lib
 from jaxpost.algorithms import dpo
 from jaxpost.data import pipeline, preferences
+from jaxpost import workdir as workdir_lib
 from jaxpost.loops import common
 
 ALGORITHMS = ("rm", "dpo")
@@ -52,7 +53,7 @@ def prepare(config, mesh, setup, *, row_sets: list[dict]) -> dict | None:
   if setup.frozen_base is not None or setup.resumed_step is None:
     ref_params = setup.reference_params(setup.state["params"])  # Initial params (LoRA: the base, adapters off).
   else:  # Resumed full fine-tuning: the state holds trained params; load the starting ones again.
-    ref_params = common.base_params(setup.model_cfg, setup.param_shardings, mesh, hf_path=config.model.path,
+    ref_params = workdir_lib.base_params(setup.model_cfg, setup.param_shardings, mesh, hf_path=config.model.path,
                                     init_checkpoint=config.model.init_checkpoint, seed=config.train.seed,
                                     log=lambda _: None)
   if config.dpo.ref_logps == "online":

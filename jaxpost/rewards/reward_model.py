@@ -9,7 +9,7 @@ Each (example, completion) is rendered exactly as the reward model was trained o
 user turn + the completion as the assistant turn, the score read at its closing `<|im_end|>`. Rows are
 padded to the batch's longest sequence rounded up to a multiple of 32 (few shapes, few compiles);
 `max_len` truncates longer ones. The workdir's `model.json` (written by every run) names the model config
-and tokenizer; the latest checkpoint holds the params (`loops.common.load_trained`: a LoRA run's adapters
+and tokenizer; the latest checkpoint holds the params (`workdir.load_trained`: a LoRA run's adapters
 and head are joined to its rebuilt base).
 """
 from __future__ import annotations
@@ -47,8 +47,8 @@ class RewardModelScorer:
                    max_len: int | None = None) -> "RewardModelScorer":
     """Loads `workdir/model.json` and the latest checkpoint's params, sharded over `mesh`: by default the
     context mesh (`jax.set_mesh`, as in the training loops), else every device on the data axis."""
-    from jaxpost.loops import common  # The model record's reader (the loops own the workdir layout).
-    model_cfg, record = common.read_model_record(workdir)
+    from jaxpost import workdir as workdir_lib
+    model_cfg, record = workdir_lib.read_model_record(workdir)
     if model_cfg.head != "scalar":
       raise ValueError(f"reward model {workdir!r}: head is {model_cfg.head!r}, expected 'scalar'")
     if mesh is None:
@@ -57,7 +57,7 @@ class RewardModelScorer:
       mesh = jax.make_mesh((len(jax.devices()), 1, 1), ("data", "fsdp", "tensor"),
                            axis_types=(jax.sharding.AxisType.Auto,) * 3)
     graphdef, _, _ = state_lib.abstract_model(model_cfg)
-    params = common.load_trained(workdir, model_cfg, record, mesh)  # Full params; a LoRA run's joined to its base.
+    params = workdir_lib.load_trained(workdir, model_cfg, record, mesh)  # Full params; a LoRA run's joined to its base.
     return cls(graphdef, params, tokenizers.load(record["tokenizer"]), mesh=mesh, batch_size=batch_size,
                max_len=max_len)
 

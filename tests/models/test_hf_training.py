@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from hf_fixtures import save_folder  # noqa: E402
 from jaxpost import checkpoint, export, state  # noqa: E402
-from jaxpost.loops import common  # noqa: E402
+from jaxpost import workdir as workdir_lib  # noqa: E402
 from jaxpost.models import Transformer  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -56,7 +56,7 @@ def test_sft_from_hf_directory_then_export(tmp_path):
   with torch.no_grad():
     hf_logits = exported(torch.tensor(tokens)).logits.numpy()
     before = original(torch.tensor(tokens)).logits.numpy()
-  model_cfg, _ = common.read_model_record(str(workdir))
+  model_cfg, _ = workdir_lib.read_model_record(str(workdir))
   graphdef, shapes, _ = state.abstract_model(model_cfg)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   params = checkpoint.restore_params(str(workdir), jax.tree.map(
