@@ -230,7 +230,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.algorithm == "ppo":
     _check_unused(config, PPO_UNUSED_RL, "PPO's advantages are GAE from its critic (ppo.*), its loss the clipped "
                   "PPO objective with the KL in the reward")
-  if config.algorithm == "ppo":
     p = config.ppo
     _check(0 < p.gamma <= 1, "ppo.gamma", f"must be in (0, 1], got {p.gamma}")
     _check(0 <= p.lam <= 1, "ppo.lam", f"must be in [0, 1], got {p.lam}")
@@ -340,6 +339,11 @@ def _validate_lora(config) -> None:
     lora_lib.resolve_targets(lo.target_modules)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def tokenizer_path(config) -> str:
+  """config.tokenizer.path, or the HF model directory's own tokenizer when that is empty."""
+  return config.tokenizer.path or config.model.path
 
 
 def rl_minibatch(config) -> int:

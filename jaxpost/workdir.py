@@ -19,7 +19,7 @@ import jax
 
 from jaxpost import checkpoint as checkpoint_lib
 from jaxpost import state as state_lib
-from jaxpost.config import ConfigError
+from jaxpost.config import ConfigError, tokenizer_path
 from jaxpost.models import ModelConfig, lora
 
 MODEL_RECORD = "model.json"
@@ -32,8 +32,9 @@ def write_model_record(workdir: str, model_cfg: ModelConfig, config, *, params_k
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  tokenizer = config.tokenizer.path or config.model.path  # (the HF directory's own when empty)
-  record = {"model": dataclasses.asdict(model_cfg), "tokenizer": os.path.abspath(tokenizer) if tokenizer else "", "hf_path": os.path.abspath(config.model.path) if config.model.path else "",
+  tokenizer = tokenizer_path(config)
+  record = {"model": dataclasses.asdict(model_cfg), "tokenizer": os.path.abspath(tokenizer) if tokenizer else "",
+            "hf_path": os.path.abspath(config.model.path) if config.model.path else "",
             # What identifies a LoRA run's frozen base (its checkpoints hold only the adapters):
             "init_checkpoint": os.path.abspath(config.model.init_checkpoint) if config.model.init_checkpoint else "",
             "seed": config.train.seed, "params_key": params_key}
@@ -58,7 +59,8 @@ def read_model_record(workdir: str) -> tuple[ModelConfig, dict]:
 
 def check_same_model(workdir: str, model_cfg: ModelConfig) -> None:
   """Before resuming: the model this config builds must be the one workdir/model.json recorded (its
-  checkpoint's shapes). ConfigError naming every field that differs, instead of orbax's failure mid-restore."""
+  checkpoint's shapes). ConfigError naming the first field that differs (and how many more), instead of
+  orbax's failure mid-restore."""
   if not os.path.isfile(os.path.join(workdir, MODEL_RECORD)):
     return  # A workdir from before the record: nothing to compare with.
   recorded, _ = read_model_record(workdir)

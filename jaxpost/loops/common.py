@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxpost import checkpoint as checkpoint_lib
 from jaxpost import optim
 from jaxpost import state as state_lib
+from jaxpost.config import tokenizer_path  # noqa: F401  (the loops call common.tokenizer_path)
 from jaxpost.models import ModelConfig, lora
 from jaxpost.workdir import base_params, check_same_model, write_model_record
 
@@ -69,11 +70,6 @@ class Setup:
 
 TRAINING_FIELDS = ("dtype", "param_dtype", "attention", "cudnn_max_segments", "logprob_impl", "scan_layers", "remat",
                    "head")
-
-
-def tokenizer_path(config) -> str:
-  """config.tokenizer.path, or the HF model directory's own tokenizer when that is empty."""
-  return config.tokenizer.path or config.model.path
 
 
 def model_config(config, vocab_size: int | None) -> ModelConfig:

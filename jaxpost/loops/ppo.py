@@ -31,8 +31,8 @@ from jaxpost import state as state_lib
 from jaxpost import step as step_lib
 from jaxpost import tokenizers
 from jaxpost.algorithms import ppo
-from jaxpost.config import ConfigError, rl_minibatch
 from jaxpost import workdir as workdir_lib
+from jaxpost.config import ConfigError, rl_minibatch
 from jaxpost.loops import common, rollouts
 
 
@@ -53,8 +53,8 @@ def _critic_params(config, value_cfg, shardings, mesh, log) -> dict:
     return checkpoint_lib.restore_params(config.ppo.value_init, abstract, source="config.ppo.value_init")
   backbone_cfg = dataclasses.replace(value_cfg, head="lm", tie_embeddings=True)
   backbone = workdir_lib.base_params(backbone_cfg, state_lib.param_shardings(backbone_cfg, mesh), mesh,
-                                hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint,
-                                seed=config.train.seed, log=lambda _: None)
+                                     hf_path=config.model.path, init_checkpoint=config.model.init_checkpoint,
+                                     seed=config.train.seed, log=lambda _: None)
   head = state_lib.init_params(value_cfg, mesh, config.train.seed + 7)
   return {**{k: v for k, v in backbone.items() if k != "unembed"}, "score_w": head["score_w"],
           "score_b": head["score_b"]}
@@ -115,11 +115,10 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
              f"{source.prompt_stats}; {rows} rollout rows/step, {updates_per_step} updates/step")
 
   # ---------------------------------------------------------------- Update step, log-probs, values
-  temperature = rl.temperature
   loss_fn, normalizer = ppo.make_ppo_loss_fn(
       policy_graphdef, value_graphdef, vf_coef=pc.vf_coef, value_clip=pc.value_clip, epsilon_low=rl.epsilon_low,
       epsilon_high=rl.epsilon_high, entropy_coef=rl.entropy_coef, logprob_impl=policy_cfg.logprob_impl,
-      temperature=temperature)
+      temperature=rl.temperature)
   batch_shardings = mesh_lib.batch_sharding(mesh)
   train_step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, tx, schedule, grad_accum=t.grad_accum),
                        in_shardings=(shardings, batch_shardings, None),
@@ -127,7 +126,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   select_rows = jax.jit(lambda batch, idx: jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch),
                         out_shardings=batch_shardings)
   logps_fn = jax.jit(functools.partial(logprobs_lib.token_logprobs, policy_graphdef, impl=policy_cfg.logprob_impl,
-                                       temperature=temperature))
+                                       temperature=rl.temperature))
   values_fn = jax.jit(ppo.make_values_fn(value_graphdef))
 
   @jax.jit

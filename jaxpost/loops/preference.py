@@ -18,8 +18,6 @@ import numpy as np
 from jaxpost import mesh as mesh_lib
 from jaxpost.algorithms import dpo
 from jaxpost.data import pipeline, preferences
-from jaxpost import workdir as workdir_lib
-from jaxpost.loops import common
 
 ALGORITHMS = ("rm", "dpo")
 
@@ -50,12 +48,8 @@ def prepare(config, mesh, setup, *, row_sets: list[dict]) -> dict | None:
   Returns the `frozen` argument of the train and eval steps: {"ref_params": ...} or None."""
   if config.algorithm != "dpo" or not dpo.needs_reference(config.dpo.loss_type):
     return None  # (An rm workdir is described by the model.json that setup_state writes.)
-  if setup.frozen_base is not None or setup.resumed_step is None:
-    ref_params = setup.reference_params(setup.state["params"])  # Initial params (LoRA: the base, adapters off).
-  else:  # Resumed full fine-tuning: the state holds trained params; load the starting ones again.
-    ref_params = workdir_lib.base_params(setup.model_cfg, setup.param_shardings, mesh, hf_path=config.model.path,
-                                    init_checkpoint=config.model.init_checkpoint, seed=config.train.seed,
-                                    log=lambda _: None)
+  # The starting params (LoRA: the base, adapters off), reloaded from their source on resume.
+  ref_params = setup.reference_params(setup.state["params"])
   if config.dpo.ref_logps == "online":
     return {"ref_params": ref_params}
   fn = jax.jit(dpo.make_reference_logps_fn(setup.graphdef, setup.model_cfg.logprob_impl),
