@@ -4,61 +4,48 @@
 
 (softcap(x) = c tanh(x / c) for models with a final logit cap, Gemma 2; identity otherwise.)
 
-`impl` picks how: `naive` materialises f32 logits (B, T, V); the kernels in `jaxpost.kernels.logprobs`
-(`chunked`, `pallas`) never do.
+`impl` names an entry of the kernels' one table, `jaxpost.kernels.logprobs.api.IMPLEMENTATIONS`: `naive`
+materialises f32 logits (B, T, V); `chunked` and `pallas` never do. This module adds what the model needs on
+top of it: `auto` (per platform) and, under a mesh, running the kernels per shard.
 """
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxpost import mesh as mesh_lib
 
 
-def naive_token_logprobs(hidden, w_unembed, targets, *, temperature=1.0, logit_softcap=None, return_entropy=False):
-  """hidden (N, D), w_unembed (D, V), targets (N,) -> logps (N,) f32 [, entropy (N,) f32]."""
-  logits = jnp.dot(hidden, w_unembed, preferred_element_type=jnp.float32)  # (N, V)
-  if logit_softcap:
-    logits = logit_softcap * jnp.tanh(logits / logit_softcap)
-  logits = logits / temperature
-  lse = jax.nn.logsumexp(logits, axis=-1)  # (N,)
-  logps = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - lse
-  if not return_entropy:
-    return logps
-  probs = jax.nn.softmax(logits, axis=-1)
-  return logps, lse - jnp.sum(probs * logits, axis=-1)
-
-
-def _kernel_logprobs(impl):
-  """A `jaxpost.kernels.logprobs` implementation; under a context mesh (jax.set_mesh) it runs per shard:
-  tokens over (data, fsdp) and, when the tensor axis divides V, vocab-parallel over tensor."""
-  def fn(hidden, w_unembed, targets, *, temperature=1.0, logit_softcap=None, return_entropy=False):
-    from jaxpost.kernels.logprobs import token_logprobs, token_logprobs_sharded
-    kwargs = dict(temperature=temperature, logit_softcap=logit_softcap or None, return_entropy=return_entropy,
-                  impl=impl,
-                  interpret=jax.default_backend() == "cpu" and impl == "pallas")
-    found = mesh_lib.context_row_axes(hidden.shape[0])
-    if found is None or not found[0]:
-      return token_logprobs(hidden, w_unembed, targets, **kwargs)
-    token_axes, mesh = found
-    tensor = mesh.shape.get("tensor", 1)
-    vocab_axis = "tensor" if tensor > 1 and w_unembed.shape[1] % tensor == 0 else None
-    return token_logprobs_sharded(hidden, w_unembed, targets, mesh, token_axes=token_axes, vocab_axis=vocab_axis,
-                                  **kwargs)
-  return fn
-
-
-def auto_token_logprobs(hidden, w_unembed, targets, **kwargs):
+def auto_impl() -> str:
   """The fastest measured per platform: the Pallas kernel on TPU, the chunked kernel on GPU (the
   Pallas-Triton forward measured slower there; see docs/performance.md), naive on CPU (small vocabs)."""
-  backend = jax.default_backend()
-  impl = {"tpu": "pallas", "gpu": "chunked"}.get(backend, "naive")
-  return IMPLEMENTATIONS[impl](hidden, w_unembed, targets, **kwargs)
+  return {"tpu": "pallas", "gpu": "chunked"}.get(jax.default_backend(), "naive")
 
 
-IMPLEMENTATIONS = {"naive": naive_token_logprobs, "chunked": _kernel_logprobs("chunked"),
-                   "pallas": _kernel_logprobs("pallas"), "auto": auto_token_logprobs}
+def flat_token_logprobs(hidden, w_unembed, targets, *, impl="naive", temperature=1.0, logit_softcap=None,
+                        return_entropy=False):
+  """hidden (N, D), w_unembed (D, V), targets (N,) -> logps (N,) f32 [, entropy (N,) f32], by the kernels'
+  `impl` ('auto': `auto_impl()`). Under a context mesh (jax.set_mesh) `chunked` and `pallas` run per shard:
+  tokens over (data, fsdp) and, when the tensor axis divides V, vocab-parallel over tensor; `naive` is plain
+  XLA, which the compiler partitions itself."""
+  # Imported at call time: the kernel package imports Pallas (TPU and Triton), importing this module need not.
+  from jaxpost.kernels.logprobs import token_logprobs, token_logprobs_sharded
+  impl = auto_impl() if impl == "auto" else impl
+  kwargs = dict(temperature=temperature, logit_softcap=logit_softcap or None, return_entropy=return_entropy,
+                impl=impl, interpret=jax.default_backend() == "cpu" and impl == "pallas")
+  found = None if impl == "naive" else mesh_lib.context_row_axes(hidden.shape[0])
+  if found is None or not found[0]:
+    return token_logprobs(hidden, w_unembed, targets, **kwargs)
+  token_axes, mesh = found
+  tensor = mesh.shape.get("tensor", 1)
+  vocab_axis = "tensor" if tensor > 1 and w_unembed.shape[1] % tensor == 0 else None
+  return token_logprobs_sharded(hidden, w_unembed, targets, mesh, token_axes=token_axes, vocab_axis=vocab_axis,
+                                **kwargs)
+
+
+def naive_token_logprobs(hidden, w_unembed, targets, **kwargs):
+  """`flat_token_logprobs` with impl='naive': full f32 logits at default matmul precision."""
+  return flat_token_logprobs(hidden, w_unembed, targets, impl="naive", **kwargs)
 
 
 def token_logprobs(graphdef, params, batch, *, impl: str = "naive", temperature: float = 1.0,
@@ -71,7 +58,7 @@ def token_logprobs(graphdef, params, batch, *, impl: str = "naive", temperature:
   model = nnx.merge(graphdef, params)
   hidden = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])  # (B, T, D)
   b, t, d = hidden.shape
-  out = IMPLEMENTATIONS[impl](hidden.reshape(b * t, d), model.unembedding(), batch["targets"].reshape(b * t),
-                              temperature=temperature, logit_softcap=model.cfg.final_logit_softcap or None,
-                              return_entropy=return_entropy)
+  out = flat_token_logprobs(hidden.reshape(b * t, d), model.unembedding(), batch["targets"].reshape(b * t),
+                            impl=impl, temperature=temperature, logit_softcap=model.cfg.final_logit_softcap or None,
+                            return_entropy=return_entropy)
   return jax.tree.map(lambda x: x.reshape(b, t), out)

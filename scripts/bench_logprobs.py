@@ -5,9 +5,10 @@
 
 Each (shape, impl) runs in a fresh subprocess so peak_bytes_in_use never mixes between impls.
 Forward+backward is value_and_grad of sum(logps) w.r.t. hidden and W. 'naive' is the kernel
-package's reference (full [N, V] f32 logits at HIGHEST precision, an oracle, slow on GPU); 'baseline'
-is PERF.md's naive (default-precision matmul to f32 logits, logsumexp, take_along_axis), and the
-ratios are against it. Peak memory includes the inputs (and, for fwd+bwd, the grads); the 'inputs'
+package's naive entry (the reference's formula, full [N, V] f32 logits, at default matmul precision since
+2026-12; before, HIGHEST); 'baseline' is PERF.md's naive (default-precision matmul to f32 logits,
+logsumexp, take_along_axis) as the model runs it (jaxpost.logprobs, which now calls that same entry), and
+the ratios are against it. Peak memory includes the inputs (and, for fwd+bwd, the grads); the 'inputs'
 column gives the bytes live before the first call. A failing variant prints an error row.
 """
 import argparse

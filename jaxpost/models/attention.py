@@ -10,47 +10,24 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxpost import mesh as mesh_lib
+from jaxpost.kernels.attention import reference as kernel_reference
 from jaxpost.models import packed_attention
 
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
-def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, *, causal: bool = True,
-                   sliding_window: int | None = None) -> jax.Array:
-  """Boolean (B, T, S) mask of allowed (query, key) pairs; queries aligned to the end of the keys."""
-  t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
-  mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]  # (B, T, S)
-  q_pos = jnp.arange(t)[:, None] + (s - t)  # (T, 1)
-  k_pos = jnp.arange(s)[None, :]  # (1, S)
-  if causal:
-    mask &= (k_pos <= q_pos)[None]
-  if sliding_window is not None:
-    mask &= (k_pos > q_pos - sliding_window)[None]
-  return mask
+# segment ids (B, T), (B, S) -> bool (B, T, S): the kernels' mask, the one definition of who sees whom.
+attention_mask = kernel_reference.token_mask
 
 
 def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True, sliding_window=None,
                   logit_softcap=None, sm_scale=None):
-  """softmax(q k^T * scale + mask) v with f32 softmax, as plain XLA ops. Fully masked rows give 0."""
-  b, t, h, d = q.shape
-  kvh = k.shape[2]
-  g = h // kvh
-  scale = d ** -0.5 if sm_scale is None else sm_scale
-  qg = q.reshape(b, t, kvh, g, d)  # (B, T, K, G, D)
-  logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale  # (B, K, G, T, S)
-  if logit_softcap is not None:
-    logits = logit_softcap * jnp.tanh(logits / logit_softcap)
-  mask = attention_mask(q_segment_ids, kv_segment_ids, causal=causal, sliding_window=sliding_window)
-  mask = mask[:, None, None]  # (B, 1, 1, T, S)
-  logits = jnp.where(mask, logits, _MASKED)
-  probs = jax.nn.softmax(logits, axis=-1)
-  probs = jnp.where(mask, probs, 0.0).astype(v.dtype)  # Rows with no allowed key -> zeros.
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # (B, T, K, G, D)
-  return out.reshape(b, t, h, d)
+  """softmax(q k^T * scale + mask) v as plain XLA ops: the kernels' `attention_reference` with the
+  model's numerics (upcast=False): q, k, v stay in their dtype for both dots (f32 logits and softmax,
+  probabilities cast to v's dtype), so bf16 runs at bf16 matmul speed. Fully masked rows give 0."""
+  return kernel_reference.attention_reference(
+      q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
+      sliding_window=sliding_window, logit_softcap=logit_softcap, sm_scale=sm_scale, upcast=False)
 
 
 def _mesh_specs(q, k):
@@ -92,7 +69,7 @@ def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal=True
     raise ValueError("config.model.attention: 'cudnn' does not support logit soft-capping; use 'pallas'")
 
   def dense():
-    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]  # (B, 1, T, S)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, causal=False)[:, None]  # (B, 1, T, S)
     window = None if sliding_window is None else (sliding_window - 1, 0)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal,
                                         local_window_size=window,

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-# Finite "minus infinity" for masked logits inside kernels: exp(MASK_VALUE - m) underflows to 0 and
-# MASK_VALUE - MASK_VALUE is 0, never NaN.
+# Finite "minus infinity" for masked logits (kernels and oracle): exp(MASK_VALUE - m) underflows to 0
+# and MASK_VALUE - MASK_VALUE is 0, never NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -51,9 +51,22 @@ def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, *, causal, sliding_wi
   return mask
 
 
+def token_mask(q_segment_ids, kv_segment_ids, *, causal=True, sliding_window=None):
+  """`attention_mask` over every (query, key) token pair of a batch: segment ids `[B, T]`, `[B, S]`
+  -> bool `[B, T, S]`, query t at position S - T + t and key s at position s."""
+  T, S = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+  q_pos = (S - T + jnp.arange(T, dtype=jnp.int32))[:, None]  # (T, 1)
+  kv_pos = jnp.arange(S, dtype=jnp.int32)[None, :]  # (1, S)
+  mask = attention_mask(q_pos, kv_pos, q_segment_ids[:, :, None], kv_segment_ids[:, None, :],
+                        causal=causal, sliding_window=sliding_window)
+  return jnp.broadcast_to(mask, (q_segment_ids.shape[0], T, S))  # (B, T, S)
+
+
 def attention_reference(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal=True,
-                        sliding_window=None, logit_softcap=None, sm_scale=None, **unused_kernel_kwargs):
-  """Plain-jnp attention with an f32 softmax: the oracle the kernels are tested against.
+                        sliding_window=None, logit_softcap=None, sm_scale=None, upcast=True,
+                        **unused_kernel_kwargs):
+  """Plain-jnp attention with an f32 softmax: the oracle the kernels are tested against, and (with
+  upcast=False) the model's XLA attention.
 
   out[b, t, h] = sum_s softmax_s(logits[b, h, t, s]) v[b, s, h // G],  G = Nq // Nkv,
   logits = softcap(sm_scale * q[b, t, h] . k[b, s, h // G]), masked as in the module docstring.
@@ -61,7 +74,10 @@ def attention_reference(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, cau
   Args:
     q: `[B, T, Nq, D]`; k, v: `[B, S, Nkv, D]` with Nq a multiple of Nkv (GQA, no K/V repeat).
     q_segment_ids: int32 `[B, T]`; kv_segment_ids: int32 `[B, S]` (defaults to q_segment_ids when
-      T == S).
+      T == S). Without q_segment_ids every row is one segment.
+    upcast: True (the oracle): q, k, v go to f32 and both dots run at HIGHEST precision. False (the
+      model): the dots take q, k, v in their own dtype (bf16 on the MXU / tensor cores) with f32
+      logits, and the f32 probabilities are cast to v's dtype for the second dot.
     unused_kernel_kwargs: block_sizes / interpret / backend, accepted so the oracle and
       `flash_attention` take the same keyword arguments.
   Returns:
@@ -73,34 +89,28 @@ def attention_reference(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, cau
   G = Nq // Nkv
   if sliding_window is not None and not causal:
     raise ValueError("sliding_window requires causal=True (the window p-W+1..p is causal).")
-  if kv_segment_ids is None and q_segment_ids is not None:
+  if q_segment_ids is None:
+    q_segment_ids, kv_segment_ids = jnp.zeros((B, T), jnp.int32), jnp.zeros((B, S), jnp.int32)
+  elif kv_segment_ids is None:
     kv_segment_ids = q_segment_ids
   scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+  out_dtype = q.dtype
+  precision = jax.lax.Precision.HIGHEST if upcast else None
+  if upcast:
+    q, k, v = q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)
 
-  qg = q.astype(jnp.float32).reshape(B, T, Nkv, G, D)
-  logits = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST) * scale  # (B, Nkv, G, T, S)
+  qg = q.reshape(B, T, Nkv, G, D)  # (B, T, Nkv, G, D)
+  logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32,
+                      precision=precision) * scale  # (B, Nkv, G, T, S) f32
   if logit_softcap is not None:
     logits = logit_softcap * jnp.tanh(logits / logit_softcap)
-
-  q_pos = (S - T + jnp.arange(T, dtype=jnp.int32))[:, None]  # (T, 1)
-  kv_pos = jnp.arange(S, dtype=jnp.int32)[None, :]  # (1, S)
-  q_seg = None if q_segment_ids is None else q_segment_ids[:, :, None]  # (B, T, 1)
-  kv_seg = None if kv_segment_ids is None else kv_segment_ids[:, None, :]  # (B, 1, S)
-  mask = attention_mask(q_pos, kv_pos, q_seg, kv_seg, causal=causal, sliding_window=sliding_window)
-  if mask is not None:
-    mask = jnp.broadcast_to(mask, (B, T, S))[:, None, None]  # (B, 1, 1, T, S)
-    logits = jnp.where(mask, logits, -jnp.inf)
-
-  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  m = jnp.where(jnp.isfinite(m), m, 0.0)  # fully masked rows: avoid -inf - -inf
-  p = jnp.exp(logits - m)
-  if mask is not None:
-    p = jnp.where(mask, p, 0.0)
-  denom = jnp.sum(p, axis=-1, keepdims=True)
-  p = p / jnp.where(denom == 0.0, 1.0, denom)  # fully masked rows -> zeros
-  out = jnp.einsum("bkgts,bskd->btkgd", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
-  return out.reshape(B, T, Nq, D).astype(q.dtype)
+  mask = token_mask(q_segment_ids, kv_segment_ids, causal=causal,
+                    sliding_window=sliding_window)[:, None, None]  # (B, 1, 1, T, S)
+  # A finite fill keeps fully masked rows NaN-free (uniform, then zeroed by the second where).
+  probs = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1)
+  probs = jnp.where(mask, probs, 0.0).astype(v.dtype)  # (B, Nkv, G, T, S)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=precision)  # (B, T, Nkv, G, D)
+  return out.reshape(B, T, Nq, D).astype(out_dtype)
 
 
 class BlockPlan(NamedTuple):

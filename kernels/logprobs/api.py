@@ -6,7 +6,9 @@ impl='pallas'  : Mosaic TPU kernels on TPU (tpu.py); on GPU the Triton forward k
                  the chunked XLA backward; on CPU only with interpret=True (runs the TPU kernels in
                  the Pallas interpreter).
 impl='chunked' : XLA over vocab chunks (chunked.py), any backend.
-impl='naive'   : the reference, full [N, V] f32 logits (reference.py).
+impl='naive'   : the reference's formula, full [N, V] f32 logits (reference.py), at default matmul
+                 precision like the kernels (the oracle itself runs HIGHEST).
+IMPLEMENTATIONS below is the one table of these; jaxpost.logprobs adds 'auto' and meshes.
 The backward passes recompute logits block by block from the saved lse; see chunked.py for the
 derivation of dL/dz for logp, entropy and lse cotangents.
 """
@@ -22,8 +24,6 @@ from jaxpost.kernels.logprobs import gpu, tpu
 from jaxpost.kernels.logprobs.chunked import (BlockSizes, chunked_grads, grad_coefficients,
                                               token_logprob_stats_chunked)
 from jaxpost.kernels.logprobs.reference import token_logprob_stats_reference
-
-IMPLS = ("pallas", "chunked", "naive")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,6 +81,40 @@ def _pallas_backend(interpret: bool) -> str:
                    "(or use impl='chunked')")
 
 
+def _naive(hidden, w_unembed, targets, *, temperature, logit_softcap, block_sizes, interpret):
+  """The reference at default precision: HIGHEST would run f32 dots (and the backward's f32
+  cotangent dots, even for bf16 inputs) as several bf16 passes on TPU and without TF32 on GPU."""
+  del block_sizes, interpret
+  return token_logprob_stats_reference(hidden, w_unembed, targets, temperature=temperature,
+                                       logit_softcap=logit_softcap, precision=None)
+
+
+def _chunked(hidden, w_unembed, targets, *, temperature, logit_softcap, block_sizes, interpret):
+  """XLA over vocab chunks of block_v (chunked.py)."""
+  del interpret
+  block_v = (block_sizes or BlockSizes.get_default("chunked")).block_v
+  return token_logprob_stats_chunked(hidden, w_unembed, targets, temperature=temperature,
+                                     logit_softcap=logit_softcap, block_v=block_v)
+
+
+def _pallas(hidden, w_unembed, targets, *, temperature, logit_softcap, block_sizes, interpret):
+  """The Pallas kernels of the backend (tpu.py / gpu.py) under one custom_vjp."""
+  backend = _pallas_backend(interpret)
+  # Kernels take one matmul dtype; mixed inputs are promoted (this copies the lower-precision one).
+  dtype = jnp.result_type(hidden.dtype, w_unembed.dtype)
+  cfg = _KernelConfig(backend=backend, temperature=temperature, logit_softcap=logit_softcap,
+                      block_sizes=block_sizes or BlockSizes.get_default("pallas", backend),
+                      interpret=interpret)
+  return _stats_pallas(cfg, hidden.astype(dtype), w_unembed.astype(dtype), targets)
+
+
+# The one table of log-prob implementations: impl -> fn(hidden [N, D], w_unembed [D, V],
+# targets [N] int32, *, temperature, logit_softcap, block_sizes, interpret) -> (logps, entropy,
+# lse) [N] f32 each.
+IMPLEMENTATIONS = {"pallas": _pallas, "chunked": _chunked, "naive": _naive}
+IMPLS = tuple(IMPLEMENTATIONS)
+
+
 def token_logprob_stats(
     hidden: jax.Array,
     w_unembed: jax.Array,
@@ -109,21 +143,9 @@ def token_logprob_stats(
     raise ValueError(f"temperature must be a positive Python float, got {temperature!r}")
   temperature = float(temperature)
   logit_softcap = None if logit_softcap is None else float(logit_softcap)
-  targets = targets.astype(jnp.int32)
-  if impl == "naive":
-    return token_logprob_stats_reference(hidden, w_unembed, targets, temperature=temperature,
-                                         logit_softcap=logit_softcap)
-  if impl == "chunked":
-    block_v = (block_sizes or BlockSizes.get_default("chunked")).block_v
-    return token_logprob_stats_chunked(hidden, w_unembed, targets, temperature=temperature,
-                                       logit_softcap=logit_softcap, block_v=block_v)
-  backend = _pallas_backend(interpret)
-  # Kernels take one matmul dtype; mixed inputs are promoted (this copies the lower-precision one).
-  dtype = jnp.result_type(hidden.dtype, w_unembed.dtype)
-  cfg = _KernelConfig(backend=backend, temperature=temperature, logit_softcap=logit_softcap,
-                      block_sizes=block_sizes or BlockSizes.get_default("pallas", backend),
-                      interpret=bool(interpret))
-  return _stats_pallas(cfg, hidden.astype(dtype), w_unembed.astype(dtype), targets)
+  return IMPLEMENTATIONS[impl](hidden, w_unembed, targets.astype(jnp.int32),
+                               temperature=temperature, logit_softcap=logit_softcap,
+                               block_sizes=block_sizes, interpret=bool(interpret))
 
 
 def token_logprobs(

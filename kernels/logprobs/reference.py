@@ -30,6 +30,7 @@ def token_logprob_stats_reference(
     *,
     temperature: float = 1.0,
     logit_softcap: float | None = None,
+    precision: lax.Precision | None = lax.Precision.HIGHEST,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(logps, entropy, lse), each [N] f32, from full f32 logits.
 
@@ -37,11 +38,14 @@ def token_logprob_stats_reference(
     hidden: [N, D] final hidden states.
     w_unembed: [D, V] unembedding matrix.
     targets: [N] int token ids in [0, V).
+    precision: of the h @ W dot (and of its transposes in the backward). HIGHEST for the oracle;
+      None (default precision, like the kernels) for impl='naive' in api.py.
   """
   # bf16 x bf16 products are exact in f32, so an f32-accumulating dot equals upcasting first;
-  # HIGHEST only matters for f32 inputs (full f32 rather than bf16 passes / TF32).
+  # HIGHEST only matters for f32 operands (full f32 rather than bf16 passes / TF32), which includes
+  # the backward's f32 cotangent dots even for bf16 inputs.
   logits = jnp.dot(hidden, w_unembed, preferred_element_type=jnp.float32,
-                   precision=lax.Precision.HIGHEST)  # (N, V)
+                   precision=precision)  # (N, V)
   z = apply_softcap(logits, logit_softcap) / temperature  # (N, V)
   lse = jax.nn.logsumexp(z, axis=-1)  # (N,)
   z_target = jnp.take_along_axis(z, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]  # (N,)
@@ -58,8 +62,10 @@ def token_logprobs_reference(
     temperature: float = 1.0,
     logit_softcap: float | None = None,
     return_entropy: bool = False,
+    precision: lax.Precision | None = lax.Precision.HIGHEST,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """log p(targets | hidden): logps [N] f32, and entropy [N] f32 when `return_entropy`."""
   logps, entropy, _ = token_logprob_stats_reference(
-      hidden, w_unembed, targets, temperature=temperature, logit_softcap=logit_softcap)
+      hidden, w_unembed, targets, temperature=temperature, logit_softcap=logit_softcap,
+      precision=precision)
   return (logps, entropy) if return_entropy else logps

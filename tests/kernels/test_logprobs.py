@@ -116,9 +116,11 @@ def test_chunked_matches_reference(n, d, v, bv, dtype, temperature, softcap):
 
 
 def test_naive_is_reference():
+  # impl='naive' is the oracle's formula at default matmul precision (the model's; the oracle runs
+  # HIGHEST, which only differs for f32 dots on TPU / GPU), so the two are the same computation.
   h, w, y = _inputs(16, 32, 100, jnp.float32)
   np.testing.assert_array_equal(token_logprobs(h, w, y, impl="naive"),
-                                token_logprobs_reference(h, w, y))
+                                token_logprobs_reference(h, w, y, precision=None))
 
 
 def test_hand_computed_logp():
