@@ -24,14 +24,18 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict | None) -> None:
-    args = {"state": ocp.args.StandardSave(state)}
+    args = {"state": ocp.args.PyTreeSave(state)}
     if data_state is not None:
       args["data"] = ocp.args.JsonSave(data_state)
     self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
   def restore(self, step: int, abstract_state, with_data: bool = True):
-    """Returns (state with the shardings of `abstract_state`, data state dict or None)."""
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    """Returns (state with the shardings of `abstract_state`, data state dict or None). Entries of the
+    saved state that `abstract_state` lacks are not read (checkpoints before 2026-12 also hold an unused
+    "rng" key)."""
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding) if getattr(s, "sharding", None)
+                                else ocp.RestoreArgs(), abstract_state)
+    args = {"state": ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args, partial_restore=True)}
     has_data = with_data and "data" in (self.manager.item_metadata(step) or {})
     if has_data:
       args["data"] = ocp.args.JsonRestore()

@@ -5,15 +5,20 @@ line (`--config.a.b=v`) can only set keys that exist here, because the config is
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-ALGORITHMS = ("sft", "grpo", "rm", "dpo", "ppo")
+from jaxpost.algorithms import registry
+from jaxpost.mesh import MESH_AXES, mesh_shape
+from jaxpost.models import lora as lora_lib
+
+ALGORITHMS = tuple(registry.ALGORITHMS)
 MODEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 LOGPROB_IMPLS = ("auto", "naive", "chunked", "pallas")
 REMAT_POLICIES = ("none", "full", "dots", "offload")
 DTYPES = ("float32", "bfloat16")
-MESH_AXES = ("data", "fsdp", "tensor")
 
 
 class ConfigError(ValueError):
@@ -144,7 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_path = ""        # JSONL file(s) or glob(s), comma-separated.
   c.data.eval_path = ""         # Held-out JSONL for eval loss ("" = no eval).
   c.data.seq_len = 128          # Tokens per packed row T.
-  c.data.pack = True            # Pack several examples per row (segment_ids keep them apart).
+  c.data.pack = ml_collections.config_dict.placeholder(bool)  # sft: pack several examples per row (segment_ids
+                                # keep them apart); unset = True. rm/dpo rows hold one pair each: leave it unset.
   c.data.overlong = "truncate"  # Examples longer than seq_len: truncate | drop (both counted).
   c.data.shuffle = True         # Shuffle rows each epoch.
 
@@ -196,11 +202,6 @@ def _choice(config, key: str, choices) -> None:
   _check(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
 
 
-# GRPO-family settings PPO does not read: set away from their defaults, they would do nothing.
-PPO_UNUSED_RL = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.dual_clip", "rl.kl_estimator",
-                 "rl.kl_in_reward", "rl.dynamic_sampling", "rl.max_refills", "rl.overlong", "rl.overlong_buffer")
-
-
 def _check_unused(config, keys, why: str) -> None:
   """A field the algorithm does not read must keep its default: a one-line error instead of a setting
   silently ignored."""
@@ -208,13 +209,29 @@ def _check_unused(config, keys, why: str) -> None:
   for key in keys:
     group, field = key.split(".")
     value, default = config[group][field], defaults[group][field]
-    _check(value == default, key, f"{value!r} is not used by algorithm={config.algorithm} ({why}); leave it at "
-           f"its default {default!r}")
+    keep = "leave it unset" if default is None else f"leave it at its default {default!r}"
+    _check(value == default, key, f"{value!r} is not used by algorithm={config.algorithm} ({why}); {keep}")
+
+
+class Checks:
+  """What an algorithm's `validate(config, checks)` raises its one-line errors with (see algorithms/base.py)."""
+
+  def __init__(self, config):
+    self.config = config
+
+  def check(self, ok: bool, key: str, message: str) -> None:
+    _check(ok, key, message)
+
+  def choice(self, key: str, choices) -> None:
+    _choice(self.config, key, choices)
+
+  def unused(self, keys, why: str) -> None:
+    _check_unused(self.config, keys, why)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first invalid key. `num_devices` checks the mesh when given."""
-  _choice(config, "algorithm", ALGORITHMS)
+  _choice(config, "algorithm", tuple(registry.ALGORITHMS))
   _choice(config, "model.family", MODEL_FAMILIES)
   _choice(config, "model.attention", ATTENTION_IMPLS)
   _choice(config, "model.logprob_impl", LOGPROB_IMPLS)
@@ -223,31 +240,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice(config, "model.param_dtype", DTYPES)
   _choice(config, "data.overlong", ("truncate", "drop"))
   _choice(config, "optim.schedule", ("cosine", "constant"))
-  if config.algorithm in ("grpo", "ppo"):
+  algorithm = registry.get(config.algorithm)
+  online = algorithm.loop == "online"
+  if online:
     _validate_rl(config)
     _check_unused(config, ("train.batch_size",), "the rollout batch is rl.prompts_per_step x rl.num_generations "
                   "rows, each update rl.minibatch_size of them")
-  if config.algorithm == "ppo":
-    _check_unused(config, PPO_UNUSED_RL, "PPO's advantages are GAE from its critic (ppo.*), its loss the clipped "
-                  "PPO objective with the KL in the reward")
-    p = config.ppo
-    _check(0 < p.gamma <= 1, "ppo.gamma", f"must be in (0, 1], got {p.gamma}")
-    _check(0 <= p.lam <= 1, "ppo.lam", f"must be in [0, 1], got {p.lam}")
-    _check(p.vf_coef > 0, "ppo.vf_coef", f"must be > 0, got {p.vf_coef}")
-    _check(p.value_clip > 0, "ppo.value_clip", f"must be > 0, got {p.value_clip}")
-    _check(config.lora.rank == 0, "lora.rank", "LoRA with ppo is not implemented yet (sft, rm, dpo, grpo have it)")
-  if config.algorithm in ("rm", "dpo"):
-    _validate_preference(config)
+    _check_unused(config, ("data.seq_len", "data.pack", "data.overlong", "data.shuffle"),
+                  "rollout rows are rl.max_prompt_len + rl.max_new_tokens - 1 long, one sample each, prompts "
+                  "longer than rl.max_prompt_len are dropped, and prompts are dealt in a seeded shuffle")
+  algorithm.validate(config, Checks(config))
   _check(config.model.cudnn_max_segments >= 0, "model.cudnn_max_segments",
          f"must be >= 0, got {config.model.cudnn_max_segments}")
   _choice(config, "model.head", ("lm", "scalar"))
-  want_head = "scalar" if config.algorithm == "rm" else "lm"
-  _check(config.model.head == want_head, "model.head",
-         f"algorithm {config.algorithm} needs head {want_head!r}, got {config.model.head!r}")
+  _check(config.model.head == algorithm.head, "model.head",
+         f"algorithm {config.algorithm} needs head {algorithm.head!r}, got {config.model.head!r}")
   _validate_lora(config)
   m = config.model
   if m.path:
-    import os
     _check(os.path.isfile(os.path.join(m.path, "config.json")), "model.path",
            f"{m.path!r} is not a Hugging Face model directory (no config.json)")
   for key in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
@@ -282,7 +292,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       _check(num_devices % fixed == 0, f"mesh.{free[0]}", f"mesh ({shape}) does not divide {num_devices} devices")
     else:
       _check(fixed == num_devices, "mesh", f"mesh ({shape}) has {fixed} devices, but {num_devices} are present")
-    online = config.algorithm in ("grpo", "ppo")
     per_step = (rl_minibatch(config) if online else t.batch_size) // t.grad_accum
     data_ways = mesh_shape(config, num_devices)
     ways = data_ways["data"] * data_ways["fsdp"]
@@ -291,38 +300,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 
 def _validate_rl(config) -> None:
+  """What every online algorithm reads: sampling, the rollout batch and its updates."""
   r = config.rl
   _choice(config, "rl.old_logps", ("sampler", "recompute"))
-  _choice(config, "rl.advantage", ("grpo", "dr_grpo", "rloo", "reinforce_pp"))
-  _choice(config, "rl.policy_loss", ("ppo_clip", "gspo", "reinforce"))
-  _choice(config, "rl.aggregation", ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
-  _choice(config, "rl.kl_estimator", ("k1", "k2", "k3"))
-  _choice(config, "rl.overlong", ("none", "filter", "soft"))
   for key in ("prompts_per_step", "num_generations", "num_epochs", "max_prompt_len", "max_new_tokens"):
     _check(r[key] > 0, f"rl.{key}", f"must be > 0, got {r[key]}")
   rows = r.prompts_per_step * r.num_generations
   mb = r.minibatch_size or rows
   _check(rows % mb == 0, "rl.minibatch_size", f"{mb} does not divide the rollout batch of {rows} rows")
-  _check(r.num_generations > 1 or r.advantage == "reinforce_pp" or config.algorithm == "ppo", "rl.num_generations",
-         f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
+  _check(r.max_refills >= 0, "rl.max_refills", f"must be >= 0, got {r.max_refills}")
   _check(r.beta >= 0, "rl.beta", f"must be >= 0, got {r.beta}")
-  _check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
   _check(r.temperature > 0, "rl.temperature",
          f"must be > 0, got {r.temperature}: rollouts sample the policy at this temperature and the loss "
          "scores them at it; greedy rollouts (0) give a group identical samples (evaluation is greedy already)")
-
-
-def _validate_preference(config) -> None:
-  if config.algorithm == "rm":
-    _check(config.rm.center_coef >= 0, "rm.center_coef", f"must be >= 0, got {config.rm.center_coef}")
-    return
-  d = config.dpo
-  _choice(config, "dpo.loss_type", ("sigmoid", "ipo", "simpo", "orpo", "kto"))
-  _choice(config, "dpo.ref_logps", ("precompute", "online"))
-  _check(d.beta > 0, "dpo.beta", f"must be > 0, got {d.beta}")
-  _check(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {d.label_smoothing}")
-  for key in ("desirable_weight", "undesirable_weight"):
-    _check(d[key] > 0, f"dpo.{key}", f"must be > 0, got {d[key]}")
 
 
 def _validate_lora(config) -> None:
@@ -334,7 +324,6 @@ def _validate_lora(config) -> None:
   _check(lo.dropout == 0, "lora.dropout", f"only 0 is implemented, got {lo.dropout}")
   _choice(config, "lora.base_quant", ("none", "int8", "int4", "nf4"))
   _check(lo.base_dtype in ("",) + DTYPES, "lora.base_dtype", f"{lo.base_dtype!r} is not one of '', {', '.join(DTYPES)}")
-  from jaxpost.models import lora as lora_lib
   try:
     lora_lib.resolve_targets(lo.target_modules)
   except ValueError as e:
@@ -348,11 +337,3 @@ def tokenizer_path(config) -> str:
 
 def rl_minibatch(config) -> int:
   return config.rl.minibatch_size or config.rl.prompts_per_step * config.rl.num_generations
-
-
-def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
-  """Resolves the one `-1` axis of `config.mesh` against the device count."""
-  fixed = 1
-  for axis in MESH_AXES:
-    fixed *= max(config.mesh[axis], 1)
-  return {a: (num_devices // fixed if config.mesh[a] == -1 else config.mesh[a]) for a in MESH_AXES}

@@ -77,9 +77,9 @@ def encode_prompt(text: str, tokenizer, chat: bool) -> tuple[list[int], tuple[in
 
 def stream_text(graphdef, params, prompt: list[int], sampling_cfg, tokenizer, out=sys.stdout) -> list[int]:
   """Writes the completion's text to `out` as tokens arrive (the stop token is not printed); returns the ids."""
-  from jaxpost import sampling
+  from jaxpost import streaming
   ids, printed = [], ""
-  for token in sampling.stream(graphdef, params, prompt, sampling_cfg):
+  for token in streaming.stream(graphdef, params, prompt, sampling_cfg):
     ids.append(token)
     if token in sampling_cfg.stop_token_ids:
       break

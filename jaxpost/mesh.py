@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxpost import config as config_lib
+MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of axes, or None = replicated).
 LOGICAL_RULES: dict[str, Any] = {
@@ -27,11 +27,19 @@ LOGICAL_RULES: dict[str, Any] = {
 }
 
 
+def mesh_shape(config, num_devices: int) -> dict[str, int]:
+  """Resolves the one `-1` axis of `config.mesh` against the device count."""
+  fixed = 1
+  for axis in MESH_AXES:
+    fixed *= max(config.mesh[axis], 1)
+  return {a: (num_devices // fixed if config.mesh[a] == -1 else config.mesh[a]) for a in MESH_AXES}
+
+
 def make_mesh(config, devices=None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh sized by `config.mesh`, all axes Auto (GSPMD propagation)."""
   devices = jax.devices() if devices is None else devices
-  shape = config_lib.mesh_shape(config, len(devices))
-  names = config_lib.MESH_AXES
+  shape = mesh_shape(config, len(devices))
+  names = MESH_AXES
   return jax.make_mesh(tuple(shape[a] for a in names), names,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(names), devices=devices)
 

@@ -1,4 +1,5 @@
-"""Turning sampled completions into a training batch for the policy losses.
+"""Rollouts of an online run: prompts dealt in a checkpointable order, sampling with the live params,
+host-side rewards, held-out greedy accuracy, and the training rows built from the samples.
 
 Row r = prompt (P_r tokens) + completion (C_r tokens, its stop token included), right-padded to T:
   inputs = row[:-1], targets = row[1:], loss_mask = 1 where the target is a completion token.
@@ -7,12 +8,119 @@ P_r - 1 + j (the column whose target it is).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from jaxpost import rewards as rewards_lib
+from jaxpost import sampling as sampling_lib
+from jaxpost.config import ConfigError
+from jaxpost.data.jsonl import split_paths
+from jaxpost.data.prompts import load_prompts
+
+
+@dataclasses.dataclass
+class Rollouts:
+  """Prompts, tokenizer, rewards and sampling settings of an online run (config.rl)."""
+  rl: object
+  seed: int
+  tokenizer: object
+  graphdef: object
+  prompts: list
+  eval_prompts: list | None
+  prompt_stats: dict
+  reward_fns: object
+  sampling: sampling_lib.SamplingConfig | None = None  # rl's sampler settings, built once (sample() varies G, T, seed).
+
+  def __post_init__(self):
+    if self.sampling is None:
+      rl = self.rl
+      self.sampling = sampling_lib.SamplingConfig(
+          max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+          num_samples=rl.num_generations, stop_token_ids=self.tokenizer.chat_stop_ids, seed=self.seed)
+
+  @classmethod
+  def from_config(cls, config, tokenizer, graphdef) -> "Rollouts":
+    rl = config.rl
+    try:
+      reward_fns = rewards_lib.combine(rl.reward_fns)
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError) as e:
+      raise ConfigError(f"config.rl.reward_fns={rl.reward_fns!r}: {e.args[0] if e.args else e}") from None
+    if rl.pass_k and not any(r.weight != 0 and rewards_lib.is_verifier(r.fn) for r in reward_fns):
+      raise ConfigError(f"config.rl.pass_k={rl.pass_k}: pass@k counts correct samples, and none of "
+                        f"config.rl.reward_fns={rl.reward_fns!r} is a verifier (math, exact_match, multiple_choice, "
+                        "code, or a function with `.verifier = True`)")
+    if not config.data.train_path:
+      raise ConfigError(f"config.data.train_path: empty; {config.algorithm} needs prompt JSONL")
+    prompts, stats = load_prompts(split_paths(config.data.train_path), tokenizer, max_prompt_len=rl.max_prompt_len)
+    eval_prompts = None
+    if config.data.eval_path:
+      eval_prompts, _ = load_prompts(split_paths(config.data.eval_path), tokenizer,
+                                     max_prompt_len=rl.max_prompt_len)
+      eval_prompts = eval_prompts[:rl.eval_prompts]
+    return cls(rl, config.train.seed, tokenizer, graphdef, prompts, eval_prompts, stats, reward_fns)
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    return self.tokenizer.chat_stop_ids
+
+  def next_prompts(self, n: int, loop_state: dict) -> list[dict]:
+    """n prompts from a seeded shuffle, epoch after epoch; the position lives in `loop_state` (checkpointed)."""
+    out = []
+    while len(out) < n:
+      order = np.random.default_rng(self.seed + loop_state["epoch"]).permutation(len(self.prompts))
+      take = order[loop_state["cursor"]:loop_state["cursor"] + n - len(out)]
+      out += [self.prompts[i] for i in take]
+      loop_state["cursor"] += len(take)
+      if loop_state["cursor"] >= len(self.prompts):
+        loop_state["cursor"], loop_state["epoch"] = 0, loop_state["epoch"] + 1
+    return out
+
+  def sample(self, params, batch_prompts, *, seed: int, num_samples: int | None = None,
+             temperature: float | None = None):
+    """G samples (num_samples, default rl.num_generations) of each prompt at `temperature` (default
+    rl.temperature) -> sampling.SampleOutput."""
+    cfg = dataclasses.replace(self.sampling, seed=seed, num_samples=num_samples or self.sampling.num_samples,
+                              temperature=self.sampling.temperature if temperature is None else temperature)
+    return sampling_lib.generate(self.graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
+                                 pad_id=self.tokenizer.pad_id or 0,
+                                 compiler_options=sampling_lib.CUDA_GRAPHS if self.rl.cuda_graphs else ())
+
+  def score(self, out, batch_prompts, num_samples: int):
+    """(rewards (R,) f32, reward metrics) of sampled rows (see `score_rows`)."""
+    return self.score_rows(out, batch_prompts, num_samples)[:2]
+
+  def score_rows(self, out, batch_prompts, num_samples: int):
+    """(rewards (R,) f32, reward metrics, correct (R,) bool or None without a verifier) of sampled rows;
+    row r belongs to prompt r // num_samples. Metrics include `accuracy` where a verifier defines it."""
+    texts = [self.tokenizer.decode([x for x in c if x not in self.stop_ids]) for c in out.completions()]
+    records = [batch_prompts[r // num_samples]["record"] for r in range(len(texts))]
+    return rewards_lib.score_rows(self.reward_fns, texts, records, timeout_s=self.rl.reward_timeout_s,
+                                  truncated=[f == "length" for f in out.finish_reasons])
+
+  def evaluate(self, params) -> dict:
+    """Greedy decoding of the held-out prompts: mean reward, and where a verifier defines correctness,
+    accuracy (% of prompts answered correctly) and, if asked, pass@k (% with a correct one of k samples)."""
+    rl = self.rl
+    out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0)
+    rewards, metrics, correct = self.score_rows(out, self.eval_prompts, 1)
+    result = {"eval/reward/mean": float(np.mean(rewards))}
+    if correct is not None:
+      result["eval/accuracy"] = 100.0 * float(np.mean(correct))
+    # How the greedy answers were read, and how many ran to the budget (see rewards/provenance.py).
+    result.update({"eval/" + k[len("reward/"):]: v for k, v in metrics.items()
+                   if k.endswith(("/anchored", "/fallback")) or k.startswith("reward/truncated")})
+    if rl.pass_k:
+      out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, seed=1)
+      _, _, correct = self.score_rows(out, self.eval_prompts, rl.pass_k)
+      result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean(correct.reshape(-1, rl.pass_k).any(axis=1)))
+    return result
 
 
 def rollout_batch(prompts: list[list[int]], completions: list[list[int]], sample_logps: np.ndarray | None, *,
                   num_samples: int, seq_len: int, rows: int | None = None) -> dict[str, np.ndarray]:
-  """prompts: P lists; completions: P*G lists (row r belongs to prompt r // G); sample_logps (P*G, N).
+  """Completions -> training rows (see the module docstring). prompts: P lists; completions: P*G lists
+  (row r belongs to prompt r // G); sample_logps (P*G, N).
 
   Returns int32 inputs/targets/loss_mask/positions/segment_ids (R, T) and f32 old_logps (R, T) when
   sample_logps is given; R = `rows` (>= P*G; extra rows are all padding, loss_mask 0)."""

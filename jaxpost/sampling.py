@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +34,6 @@ MIN_MODEL_ROWS = 2  # The model runs on at least this many rows (see _generate: 
 # Opt-in (`generate(..., compiler_options=CUDA_GRAPHS)`, config `rl.cuda_graphs`) until timed on a GPU.
 CUDA_GRAPHS = (("xla_gpu_enable_command_buffer", "FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,CONDITIONAL,WHILE"),
                ("xla_gpu_graph_min_graph_size", 1))
-
-
-def engines(cuda_graphs: bool) -> list[tuple[str, tuple]]:
-  """(name, compiler_options) of the sampler variants a benchmark times: plain, then CUDA graphs if asked."""
-  return [("plain", ())] + ([("cuda_graphs", CUDA_GRAPHS)] if cuda_graphs else [])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -247,45 +241,6 @@ def _to_host(arrays):
     return jax.tree.map(np.asarray, arrays)
   from jax.experimental import multihost_utils
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(arrays, tiled=True))
-
-
-# ---------------------------------------------------------------- One row at a time (CLI streaming)
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
-def _prefill_jit(graphdef, params, tokens, segment_ids, *, max_len):
-  return _prefill(nnx.merge(graphdef, params), tokens, segment_ids, _positions(segment_ids), max_len)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _decode_jit(graphdef, params, cache, token, position):
-  return _decode(nnx.merge(graphdef, params), cache, token, position)
-
-
-@functools.partial(jax.jit, static_argnames=("sampling",))
-def _sample_jit(logits, traced, i, *, sampling):
-  """Samples row 0 only (the others are shadow rows)."""
-  return sample_logits(logits[:1], jax.random.fold_in(traced["key"], i), sampling,
-                       temperature=traced["temperature"], top_p=traced["top_p"])
-
-
-def stream(graphdef, params, prompt: list[int], sampling: SamplingConfig, *, pad_id: int = 0) -> Iterator[int]:
-  """Yields one prompt's completion token by token (a host loop over jitted steps; same draws as
-  `generate` with the same seed). The stop token, if reached, is yielded last."""
-  if sampling.num_samples != 1:
-    raise ValueError(f"stream: num_samples must be 1, got {sampling.num_samples}")
-  rows = MIN_MODEL_ROWS  # The prompt and shadow copies of it, as in `_generate`; only row 0 is sampled.
-  tokens, segment_ids = _left_pad([prompt] * rows, pad_id)
-  n, static, traced = sampling.max_new_tokens, _static(sampling), _traced(sampling)
-  logits, cache = _prefill_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(segment_ids),
-                               max_len=tokens.shape[1] + n)
-  for i in range(n):
-    token, _ = _sample_jit(logits, traced, i, sampling=static)
-    value = int(token[0])
-    yield value
-    if value in sampling.stop_token_ids or i == n - 1:
-      return
-    logits, cache = _decode_jit(graphdef, params, cache, np.full((rows,), value, np.int32),
-                                np.full((rows,), len(prompt) + i, np.int32))  # host inputs: no eager device ops
 
 
 # ---------------------------------------------------------------- Greedy (evaluation)

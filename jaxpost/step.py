@@ -42,8 +42,7 @@ def make_train_step(loss_fn: Callable, normalizer: Callable, tx: optax.GradientT
       (loss_sum, metric_sums, grads), _ = jax.lax.scan(accumulate, zeros, split_microbatches(batch, grad_accum))
     grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                 "opt_state": opt_state, "rng": jax.random.fold_in(state["rng"], state["step"])}
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
     metrics = {k: v / weight for k, v in metric_sums.items()}
     metrics.update(loss=loss_sum / weight, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
                    loss_tokens=weight)

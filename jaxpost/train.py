@@ -70,20 +70,16 @@ def main(argv) -> None:
   import jax
   from jaxpost import config as config_lib
   from jaxpost import preemption
+  from jaxpost.algorithms import registry
   from jaxpost.data.jsonl import DataError
-  from jaxpost.loops import common
+  from jaxpost.loops import common, offline, online
 
   config = _CONFIG.value
   if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
     _fail(f"--workdir={_WORKDIR.value}: is a file, not a directory")
   try:
     config_lib.validate(config, num_devices=jax.device_count())
-    if config.algorithm == "grpo":
-      from jaxpost.loops import online as loop
-    elif config.algorithm == "ppo":
-      from jaxpost.loops import ppo as loop
-    else:
-      from jaxpost.loops import offline as loop
+    loop = {"offline": offline, "online": online}[registry.get(config.algorithm).loop]
     loop.run(config, _WORKDIR.value)
   except (config_lib.ConfigError, DataError, FileNotFoundError, common.NonFiniteLossError) as e:
     _fail(str(e))

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpost import sampling, state
+from jaxpost import sampling, state, streaming
 from jaxpost.models import ModelConfig
+from engines import engines  # scripts/engines.py
 from profile_summary import summarize  # scripts/profile_summary.py
 from roofline import copy_bandwidth, ideal_decode_seconds  # scripts/roofline.py
 
@@ -62,7 +63,8 @@ def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: in
   max_len = tokens.shape[1] + new
 
   def prefill():
-    jax.block_until_ready(sampling._prefill_jit(graphdef, params, tokens, segment_ids, max_len=max_len))  # noqa: SLF001
+    # The sampler's prefill jitted alone (the CLI's streaming loop has it as a step of its own).
+    jax.block_until_ready(streaming._prefill_jit(graphdef, params, tokens, segment_ids, max_len=max_len))  # noqa: SLF001
 
   total = _median_time(run, iters)
   return total, _median_time(prefill, iters)
@@ -205,7 +207,7 @@ def profile(trace_dir: str, cfg, params, graphdef, batch: int, prompt_len: int, 
   """Traces one (already compiled) generate call per engine and prints its device-time summary."""
   prompts = _prompts(cfg, batch, prompt_len)
   sample_cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0)
-  for engine, options in sampling.engines(graphs):
+  for engine, options in engines(graphs):
     try:
       sampling.generate(graphdef, params, prompts, sample_cfg, compiler_options=options)  # compiled, warm
       path = os.path.join(trace_dir, engine)

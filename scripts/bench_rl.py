@@ -30,6 +30,7 @@ from jaxpost import mesh as mesh_lib, optim, rollout, sampling, state as state_l
 from jaxpost.algorithms import grpo
 from jaxpost.config import REMAT_POLICIES, base_config
 from jaxpost.models import ModelConfig
+from engines import engines  # scripts/engines.py
 from roofline import copy_bandwidth, ideal_decode_seconds  # scripts/roofline.py
 
 HALF_B = dict(vocab_size=151936, d_model=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
@@ -66,8 +67,8 @@ def main():
     graphdef, shapes, _ = state_lib.abstract_model(cfg)
     tx, schedule = optim.make_optimizer(config.optim, 1000)
     shardings = state_lib.state_shardings(shapes, state_lib.param_shardings(cfg, mesh), tx, mesh)
-    train_state = state_lib.create_state(state_lib.init_params(cfg, mesh, 0), tx, shardings, 0)
-    loss_fn, normalizer = grpo.make_grpo_loss_fn(graphdef, aggregation="token_mean", logprob_impl=cfg.logprob_impl)
+    train_state = state_lib.create_state(state_lib.init_params(cfg, mesh, 0), tx, shardings)
+    loss_fn, normalizer = grpo.make_loss_fn(graphdef, aggregation="token_mean", logprob_impl=cfg.logprob_impl)
     train_step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, tx, schedule),
                          in_shardings=(shardings, mesh_lib.batch_sharding(mesh), None),
                          out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
@@ -79,7 +80,7 @@ def main():
           f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new "
           f"tokens; {p * g // minibatch} updates of {minibatch} rows (remat {cfg.remat}, scan {cfg.scan_layers}); "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; decode roofline {ideal_s:.3f} s", flush=True)
-    for engine, options in sampling.engines(args.graphs):  # One process: the train step compiles once.
+    for engine, options in engines(args.graphs):  # One process: the train step compiles once.
       times = []
       for it in range(args.iters + 1):
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if importlib.util.find_spec("jaxpost") is None:  # Not installed: run from the checkout (jaxpost.kernels
   sys.path.insert(0, _ROOT)                      # then needs an editable install's path mapping).
-from jaxpost import config as config_lib  # noqa: E402  (ml_collections only: no JAX backend in the parent)
+from jaxpost import config as config_lib  # noqa: E402  (imports JAX, starts no backend in the parent)
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # Stable name since jax 0.4.
 RESULT_PREFIX = "BENCH_RESULT "
@@ -130,11 +130,10 @@ def build_train_step(config, mesh):
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   param_shardings = state_lib.param_shardings(model_cfg, mesh)
   shardings = state_lib.state_shardings(param_shapes, param_shardings, tx, mesh)
-  state = state_lib.create_state(state_lib.init_params(model_cfg, mesh, config.train.seed), tx, shardings,
-                                 config.train.seed)
-  loss_fn = sft.make_loss_fn(graphdef, model_cfg.logprob_impl)
+  state = state_lib.create_state(state_lib.init_params(model_cfg, mesh, config.train.seed), tx, shardings)
+  loss_fn, normalizer = sft.make_loss_fn(graphdef, model_cfg.logprob_impl)
   train_step = jax.jit(
-      step_lib.make_train_step(loss_fn, sft.normalizer, tx, schedule, grad_accum=config.train.grad_accum),
+      step_lib.make_train_step(loss_fn, normalizer, tx, schedule, grad_accum=config.train.grad_accum),
       in_shardings=(shardings, mesh_lib.batch_sharding(mesh), None),
       out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
   return model_cfg, state, train_step

@@ -105,7 +105,7 @@ def test_remat_policies_give_the_same_loss_and_grads():
   results = []
   for remat in ("none", "full", "dots", "offload"):
     graphdef, _, _ = state_lib.abstract_model(dataclasses.replace(base, remat=remat))
-    grad_fn = jax.jit(jax.value_and_grad(sft.make_loss_fn(graphdef), has_aux=True))
+    grad_fn = jax.jit(jax.value_and_grad(sft.make_loss_fn(graphdef)[0], has_aux=True))
     (loss, _), grads = grad_fn.lower(params, batch).compile(compiler_options=fast)(params, batch)
     results.append((float(loss), jax.device_get(grads)))
   (l0, g0), *others = results

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from jaxpost import config as config_lib
+from jaxpost import mesh as mesh_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ def test_variant_argument_changes_mesh():
 def test_mesh_shape_resolves_minus_one():
   c = config_lib.base_config()
   c.mesh.tensor = 2
-  assert config_lib.mesh_shape(c, 8) == {"data": 4, "fsdp": 1, "tensor": 2}
+  assert mesh_lib.mesh_shape(c, 8) == {"data": 4, "fsdp": 1, "tensor": 2}
 
 
 @pytest.mark.parametrize("key,value,pattern", [
@@ -52,11 +53,17 @@ def test_mesh_shape_resolves_minus_one():
     ("ppo:rl.dynamic_sampling", True, r"^config\.rl\.dynamic_sampling: True is not used by algorithm=ppo \(PPO's "
                                       r"advantages are GAE"),
     ("ppo:rl.advantage", "rloo", r"^config\.rl\.advantage: 'rloo' is not used by algorithm=ppo"),
+    ("grpo:data.seq_len", 256, r"^config\.data\.seq_len: 256 is not used by algorithm=grpo \(rollout rows are "
+                               r"rl\.max_prompt_len \+ rl\.max_new_tokens - 1 long.*leave it at its default 128$"),
+    ("dpo:data.pack", False, r"^config\.data\.pack: False is not used by algorithm=dpo \(a row holds one pair, "
+                             r".*never packed\); leave it unset$"),
+    ("dpo:dpo.beta", 0.0, r"^config\.dpo\.beta: must be > 0, got 0\.0$"),
+    ("grpo:rl.dual_clip", 0.5, r"^config\.rl\.dual_clip: must be 0 \(off\) or > 1, got 0\.5$"),
 ])
 def test_bad_values_name_the_key(key, value, pattern):
   c = config_lib.base_config()
-  if key.startswith("ppo:"):
-    key, c.algorithm = key[len("ppo:"):], "ppo"
+  if ":" in key:
+    c.algorithm, key = key.split(":")
   elif key.startswith(("rl.", "train.batch_size")):
     c.algorithm = "grpo"
   group, _, field = key.rpartition(".")

@@ -88,8 +88,8 @@ def test_grpo_step_sharded_equals_single_device():
     graphdef, shapes, _ = state_lib.abstract_model(model)
     tx, schedule = optim.make_optimizer(base_config().optim, 2)
     ss = state_lib.state_shardings(shapes, state_lib.param_shardings(model, mesh), tx, mesh)
-    state = state_lib.create_state(state_lib.init_params(model, mesh, 0), tx, ss, 0)
-    loss_fn, normalizer = grpo.make_grpo_loss_fn(graphdef, beta=0.05, kl_estimator="k3")
+    state = state_lib.create_state(state_lib.init_params(model, mesh, 0), tx, ss)
+    loss_fn, normalizer = grpo.make_loss_fn(graphdef, beta=0.05, kl_estimator="k3")
     step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, tx, schedule),
                    in_shardings=(ss, mesh_lib.batch_sharding(mesh), None),
                    out_shardings=(ss, mesh_lib.replicated(mesh)))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from jaxpost.config import base_config, validate
-from jaxpost.loops import ppo
+from jaxpost.loops import online
 from jaxpost.tasks import arithmetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def _toy_config(tmp_path):
 
 def test_ppo_raises_a_toy_reward(tmp_path):
   c = _toy_config(tmp_path)
-  ppo.run(c, str(tmp_path / "run"))
+  online.run(c, str(tmp_path / "run"))
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"reward/mean"' in line]
   rewards = [r["reward/mean"] for r in records]
   assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.2, rewards
@@ -52,16 +52,16 @@ def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeyp
   import jax
   from jaxpost import state as state_lib
   from jaxpost import workdir as workdir_lib
-  from jaxpost.loops import rollouts
+  from jaxpost import rollout
   seen = []
-  sample = rollouts.Rollouts.sample
+  sample = rollout.Rollouts.sample
 
   def counting_sample(self, params, *args, **kwargs):
     if len(seen) < len(runs):  # First rollout of this run.
       gc.collect()
       seen.append(sum(x.nbytes for x in jax.live_arrays()))
     return sample(self, params, *args, **kwargs)
-  monkeypatch.setattr(rollouts.Rollouts, "sample", counting_sample)
+  monkeypatch.setattr(rollout.Rollouts, "sample", counting_sample)
   runs = []
   for beta in (0.0, 0.02):
     c = _toy_config(tmp_path)
@@ -70,7 +70,7 @@ def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeyp
     for _ in ("fresh", "resumed"):
       runs.append(beta)
       c.train.steps += 1  # The second run resumes from the first's checkpoint.
-      ppo.run(c, workdir)
+      online.run(c, workdir)
   fresh0, resumed0, fresh2, resumed2 = seen
   shapes = state_lib.abstract_model(workdir_lib.read_model_record(workdir)[0])[1]
   policy_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpost import logprobs, sampling, state
+from jaxpost import logprobs, sampling, state, streaming
 from jaxpost.models import ModelConfig, Transformer
 
 CFG = ModelConfig(vocab_size=23, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
@@ -185,11 +185,11 @@ def test_cuda_graph_compiler_options_reach_xla_and_leave_the_samples_unchanged()
 
 
 def test_rl_cuda_graphs_config_compiles_the_rollout_sampler_with_cuda_graphs():
-  """config.rl.cuda_graphs reaches the online loops' sampler (loops/rollouts.py) as sampling.CUDA_GRAPHS;
+  """config.rl.cuda_graphs reaches the online loops' sampler (jaxpost/rollout.py) as sampling.CUDA_GRAPHS;
   off, the plain compile. Tokens are the same either way (previous test)."""
   from types import SimpleNamespace
   from jaxpost.config import rl_config
-  from jaxpost.loops.rollouts import Rollouts
+  from jaxpost.rollout import Rollouts
   graphdef, params = _model()
   tokenizer = SimpleNamespace(chat_stop_ids=(0,), pad_id=0)
   prompts = [{"tokens": p} for p in PROMPTS[:2]]
@@ -205,13 +205,13 @@ def test_rl_cuda_graphs_config_compiles_the_rollout_sampler_with_cuda_graphs():
 
 def test_one_prompt_and_stream_yield_what_a_batch_samples():
   """One prompt runs the model on two rows (a shadow row, sampling.MIN_MODEL_ROWS); it must not change
-  row 0: stream's host loop (which runs the shadow row too) draws the same tokens, and greedy matches
+  row 0: streaming.stream's host loop (which runs the shadow row too) draws the same tokens, and greedy matches
   recomputation."""
   graphdef, params = _model()
   cfg = sampling.SamplingConfig(max_new_tokens=6, seed=11)
   out = sampling.generate(graphdef, params, PROMPTS[:1], cfg)
   assert out.tokens.shape == (1, 6)
-  assert list(sampling.stream(graphdef, params, PROMPTS[0], cfg)) == out.completions()[0]
+  assert list(streaming.stream(graphdef, params, PROMPTS[0], cfg)) == out.completions()[0]
   greedy = sampling.greedy_generate(graphdef, params, PROMPTS[2:], max_new_tokens=6, stop_id=-1)
   assert greedy[0] == _reference_greedy(graphdef, params, PROMPTS[2], 6)
 

@@ -30,8 +30,8 @@ def _setup(mesh, grad_accum=1, steps=3):
   graphdef, shapes, _ = state_lib.abstract_model(MODEL)
   ps = state_lib.param_shardings(MODEL, mesh)
   ss = state_lib.state_shardings(shapes, ps, tx, mesh)
-  state = state_lib.create_state(state_lib.init_params(MODEL, mesh, 0), tx, ss, 0)
-  fn = step_lib.make_train_step(sft.make_loss_fn(graphdef), sft.normalizer, tx, schedule, grad_accum=grad_accum)
+  state = state_lib.create_state(state_lib.init_params(MODEL, mesh, 0), tx, ss)
+  fn = step_lib.make_train_step(*sft.make_loss_fn(graphdef), tx, schedule, grad_accum=grad_accum)
   return graphdef, state, jax.jit(fn, in_shardings=(ss, mesh_lib.batch_sharding(mesh), None),
                                   out_shardings=(ss, mesh_lib.replicated(mesh)))
 
@@ -53,7 +53,7 @@ def test_sft_loss_is_token_mean_of_masked_nll():
   graphdef, shapes, _ = state_lib.abstract_model(MODEL)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(s.dtype), shapes)
-  loss_fn = jax.jit(sft.make_loss_fn(graphdef))
+  loss_fn = jax.jit(sft.make_loss_fn(graphdef)[0])
   batch = _batch()
   loss_sum, _ = loss_fn(params, batch)
   weight = sft.normalizer(batch)

@@ -70,7 +70,7 @@ TOKENS = {k: jnp.int32 for k in ("inputs", "targets", "loss_mask", "positions", 
 def test_sft_train_step_lowers_for_tpu(tpu_platform, mesh_shape):
   """Scan over layers + full remat + 2 microbatches; with remat the forward kernel runs twice per layer."""
   graphdef = state_lib.abstract_model(MODEL)[0]
-  exported = _train_step(_mesh(mesh_shape), sft.make_loss_fn(graphdef, "pallas"), sft.normalizer, TOKENS,
+  exported = _train_step(_mesh(mesh_shape), *sft.make_loss_fn(graphdef, "pallas"), TOKENS,
                          grad_accum=2)
   names = _mosaic_kernels(exported)
   assert FLASH | LOGPROBS <= set(names), names
@@ -79,7 +79,7 @@ def test_sft_train_step_lowers_for_tpu(tpu_platform, mesh_shape):
 
 def test_grpo_update_lowers_for_tpu(tpu_platform):
   graphdef = state_lib.abstract_model(MODEL)[0]
-  loss_fn, normalizer = grpo.make_grpo_loss_fn(graphdef, beta=0.04, logprob_impl="pallas")
+  loss_fn, normalizer = grpo.make_loss_fn(graphdef, beta=0.04, logprob_impl="pallas")
   keys = {**TOKENS, "old_logps": jnp.float32, "ref_logps": jnp.float32, "advantages": jnp.float32}
   exported = _train_step(_mesh((2, 2, 2)), loss_fn, normalizer, keys, grad_accum=1)
   assert FLASH | LOGPROBS <= set(_mosaic_kernels(exported))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxpost.loops import offline
+from jaxpost.loops import common, offline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.path.join(ROOT, "assets", "arithmetic")
@@ -58,7 +58,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
 def test_nonfinite_loss_stops_with_the_step(tmp_path):
   c = _config(steps=50)
   c.optim.lr, c.optim.warmup_steps, c.optim.grad_clip, c.train.checkpoint_every = 1e12, 0, 0.0, 0
-  with pytest.raises(offline.NonFiniteLossError, match=r"^step \d+: loss is (nan|inf)"):
+  with pytest.raises(common.NonFiniteLossError, match=r"^step \d+: loss is (nan|inf)"):
     offline.run(c, str(tmp_path / "nan"))
 
 

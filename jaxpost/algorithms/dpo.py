@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpost import logprobs as logprobs_lib
+from jaxpost.algorithms.base import Algorithm
 
 # ---------------------------------------------------------------------------------------------------------
 # Losses: per-pair (or per-example) values (B,) -> losses (B,). Pure, elementwise over the batch.
@@ -159,7 +160,8 @@ def sequence_logps(graphdef, params, batch, *, impl: str = "naive"):
 
 
 def make_loss_fn(graphdef, logprob_impl: str = "naive", *, loss_type: str = "sigmoid", options: Options = Options()):
-  """Returns loss_fn(params, batch, frozen) -> (sum of per-pair losses, metric sums), for `step.py`.
+  """Returns (loss_fn(params, batch, frozen) -> (sum of per-pair losses, metric sums), normalizer), for
+  `step.py`.
 
   Metrics (means over pairs once divided by `normalizer`): loss, rewards/chosen, rewards/rejected,
   rewards/margins, rewards/accuracies, logps/chosen, logps/rejected; KTO: loss, kl, rewards/chosen,
@@ -208,7 +210,7 @@ def make_loss_fn(graphdef, logprob_impl: str = "naive", *, loss_type: str = "sig
     return total, {"loss": total, "kl": kl * n, "rewards/chosen": chosen, "rewards/rejected": rejected,
                    "rewards/margins": chosen - rejected, "logps/completion": jnp.sum(logps[:, 0] * valid)}
 
-  return kto if loss_type == "kto" else paired
+  return (kto if loss_type == "kto" else paired), normalizer
 
 
 def make_reference_logps_fn(graphdef, logprob_impl: str = "naive"):
@@ -216,3 +218,32 @@ def make_reference_logps_fn(graphdef, logprob_impl: str = "naive"):
   def fn(ref_params, batch):
     return sequence_logps(graphdef, ref_params, batch, impl=logprob_impl)[0]
   return fn
+
+
+def options_from_config(d) -> Options:
+  """config.dpo -> Options."""
+  return Options(beta=d.beta, label_smoothing=d.label_smoothing, gamma=d.gamma,
+                 desirable_weight=d.desirable_weight, undesirable_weight=d.undesirable_weight)
+
+
+PAIR_ROWS = "a row holds one pair, chosen and rejected side by side (fields (R, 2, T)), never packed"
+
+
+def validate(config, checks) -> None:
+  checks.unused(("data.pack",), PAIR_ROWS)
+  d = config.dpo
+  checks.choice("dpo.loss_type", LOSS_TYPES)
+  checks.choice("dpo.ref_logps", ("precompute", "online"))
+  checks.check(d.beta > 0, "dpo.beta", f"must be > 0, got {d.beta}")
+  checks.check(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {d.label_smoothing}")
+  for key in ("desirable_weight", "undesirable_weight"):
+    checks.check(d[key] > 0, f"dpo.{key}", f"must be > 0, got {d[key]}")
+
+
+ALGORITHM = Algorithm(
+    name="dpo", loop="offline", validate=validate, eval_accuracy="rewards/accuracies",
+    data=lambda config: "unpaired" if config.dpo.loss_type == "kto" else "pairs",
+    reference=lambda config: needs_reference(config.dpo.loss_type),
+    make_loss=lambda config, models: make_loss_fn(models.graphdef, models.model_cfg.logprob_impl,
+                                                  loss_type=config.dpo.loss_type,
+                                                  options=options_from_config(config.dpo)))

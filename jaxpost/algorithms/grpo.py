@@ -24,11 +24,15 @@ Conventions and deviations:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxpost import logprobs as logprobs_lib
 from jaxpost.algorithms import kl as kl_lib
+from jaxpost.algorithms.base import Algorithm
 
 # ---------------------------------------------------------------------------------------------------------
 # Advantages: rewards [P*G] or [P, G] (G completions of each of P prompts) -> advantages [P, G].
@@ -78,26 +82,39 @@ def rloo_advantages(rewards, group_size: int | None = None) -> jnp.ndarray:
   return r - (jnp.sum(r, axis=1, keepdims=True) - r) / (g - 1)
 
 
-def reinforce_pp_advantages(rewards, group_size: int | None = None, *, eps: float = 1e-6) -> jnp.ndarray:
+def reinforce_pp_advantages(rewards, group_size: int | None = None, *, eps: float = 1e-6,
+                            valid=None) -> jnp.ndarray:
   """REINFORCE++ with a group baseline (Hu 2025, "REINFORCE++", the `reinforce_plus_plus_baseline` mode):
 
     d_{p,i} = r_{p,i} - mean_j r_{p,j};   A_{p,i} = (d_{p,i} - mean_{all} d) / (std_{all} d + eps)
 
-  i.e. group-mean baseline, then normalisation over the whole batch (ddof=0) instead of per group."""
+  i.e. group-mean baseline, then normalisation over the whole batch (ddof=0) instead of per group.
+  `valid` (P,) bool: the groups that count in the batch statistics (padding groups do not)."""
   r = _grouped(rewards, group_size)
   d = r - jnp.mean(r, axis=1, keepdims=True)
-  return (d - jnp.mean(d)) / (jnp.std(d) + eps)
+  if valid is None:
+    return (d - jnp.mean(d)) / (jnp.std(d) + eps)
+  w = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None], d.shape)  # (P, G)
+  n = jnp.maximum(jnp.sum(w), 1.0)
+  mean = jnp.sum(d * w) / n
+  std = jnp.sqrt(jnp.sum(jnp.square(d - mean) * w) / n)
+  return (d - mean) / (std + eps)
 
 
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce_pp": reinforce_pp_advantages}
 
 
-def compute_advantages(rewards, group_size: int | None, estimator: str) -> jnp.ndarray:
-  """advantages [P, G] from rewards [P*G] or [P, G] with the named estimator."""
+def compute_advantages(rewards, group_size: int | None, estimator: str, *, valid=None) -> jnp.ndarray:
+  """advantages [P, G] from rewards [P*G] or [P, G] with the named estimator. `valid` (P,) bool marks the
+  real groups of a padded batch: the others get advantage 0 and do not enter batch-wide statistics."""
   if estimator not in ADVANTAGES:
     raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {sorted(ADVANTAGES)}")
-  return ADVANTAGES[estimator](rewards, group_size)
+  if valid is None:
+    return ADVANTAGES[estimator](rewards, group_size)
+  kwargs = {"valid": valid} if estimator == "reinforce_pp" else {}
+  advantages = ADVANTAGES[estimator](rewards, group_size, **kwargs)
+  return advantages * jnp.asarray(valid, jnp.float32)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,7 +268,7 @@ def aggregate(per_token, mask, mode: str, *, segment_ids=None, max_len: int | No
 # ---------------------------------------------------------------------------------------------------------
 
 
-def make_grpo_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = "seq_mean_token_mean",
+def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = "seq_mean_token_mean",
                       beta: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
                       epsilon_low: float = 0.2, epsilon_high: float | None = None, dual_clip: float | None = None,
                       logprob_impl: str = "naive", temperature: float = 1.0, max_len: int | None = None):
@@ -315,3 +332,94 @@ def make_grpo_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: s
     return loss_sum, metric_sums
 
   return loss_fn, normalizer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The online step's GRPO-family pieces: rollout rules (host) and batch preparation (device).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def informative_groups(rewards: np.ndarray) -> np.ndarray:
+  """DAPO's dynamic sampling (Yu et al. 2025): rewards (P, G) -> keep (P,) bool, the groups whose rewards
+  are not all equal (an all-equal group has advantage 0 under every group baseline: no signal)."""
+  return ~np.all(rewards == rewards[:, :1], axis=1)
+
+
+def overlong_penalty(lengths: np.ndarray, *, max_len: int, buffer: int) -> np.ndarray:
+  """DAPO's soft overlong punishment (Yu et al. 2025): with budget L_max and buffer L_c,
+  penalty = clip((L - (L_max - L_c)) / L_c, 0, 1), so a row that hits the budget loses 1. (R,) -> (R,) f32."""
+  start = max_len - buffer
+  return np.clip((np.asarray(lengths) - start) / max(buffer, 1), 0.0, 1.0).astype(np.float32)
+
+
+def keep_groups(config, rewards: np.ndarray) -> np.ndarray:
+  """rewards (P, G) -> keep (P,) bool: the informative groups under rl.dynamic_sampling, else all."""
+  if config.rl.dynamic_sampling:
+    return informative_groups(rewards)
+  return np.ones(rewards.shape[0], bool)
+
+
+def shape_rewards(config, rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """rewards, lengths (R,) -> rewards minus the overlong penalty under rl.overlong = soft."""
+  rl = config.rl
+  if rl.overlong != "soft":
+    return rewards
+  return rewards - overlong_penalty(lengths, max_len=rl.max_new_tokens, buffer=rl.overlong_buffer)
+
+
+def prepare_batch(batch, rollout, params=None, *, num_generations: int, advantage: str, beta: float, kl_in_reward: bool,
+                  filter_truncated: bool):
+  """The rollout rows -> the policy loss's batch: group advantages from the (shaped) rewards.
+
+  batch: rollout fields (R, T) with old_logps, and ref_logps when a reference is kept; rollout: rewards,
+  valid (1 on sampled rows, 0 on the padding rows of dropped groups) and truncated (R,) f32.
+    overlong filter   loss_mask <- 0 on rows that hit the budget (DAPO)
+    KL in reward      r <- r - beta * sum_t (log pi_old - log pi_ref) over the completion (Ouyang et al. 2022)
+    advantages        A = ADVANTAGES[advantage](r as (P, G)), 0 on padding rows
+  Returns (batch + advantages (R,), {}); pure, jitted by the loop. (`params`: unused, no learned baseline.)"""
+  del params
+  batch = dict(batch)
+  if filter_truncated:
+    batch["loss_mask"] = batch["loss_mask"] * (1 - rollout["truncated"]).astype(batch["loss_mask"].dtype)[:, None]
+  rewards = rollout["rewards"]  # (R,)
+  if kl_in_reward:
+    mask = batch["loss_mask"].astype(jnp.float32)
+    rewards = rewards - beta * jnp.sum((batch["old_logps"] - batch["ref_logps"]) * mask, axis=1)
+  valid = rollout["valid"].reshape(-1, num_generations)[:, 0] > 0  # (P,)
+  advantages = compute_advantages(rewards.reshape(-1, num_generations), None, advantage, valid=valid)  # (P, G)
+  batch["advantages"] = advantages.reshape(-1)
+  return batch, {}
+
+
+def loss_from_config(config, models):
+  rl = config.rl
+  return make_loss_fn(
+      models.graphdef, policy_loss=rl.policy_loss, aggregation=rl.aggregation,
+      beta=0.0 if rl.kl_in_reward else rl.beta, kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
+      epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None,
+      logprob_impl=models.model_cfg.logprob_impl, temperature=rl.temperature, max_len=rl.max_new_tokens)
+
+
+def batch_preparer(config, models):
+  del models
+  rl = config.rl
+  return functools.partial(prepare_batch, num_generations=rl.num_generations, advantage=rl.advantage,
+                           beta=rl.beta, kl_in_reward=rl.kl_in_reward, filter_truncated=rl.overlong == "filter")
+
+
+def validate(config, checks) -> None:
+  r = config.rl
+  checks.choice("rl.advantage", tuple(ADVANTAGES))
+  checks.choice("rl.policy_loss", tuple(POLICY_LOSSES))
+  checks.choice("rl.aggregation", AGGREGATIONS)
+  checks.choice("rl.kl_estimator", tuple(kl_lib.KL_ESTIMATORS))
+  checks.choice("rl.overlong", ("none", "filter", "soft"))
+  checks.check(r.num_generations > 1 or r.advantage == "reinforce_pp", "rl.num_generations",
+               f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
+  checks.check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
+
+
+ALGORITHM = Algorithm(
+    name="grpo", loop="online", validate=validate, make_loss=loss_from_config,
+    reference=lambda config: config.rl.beta > 0 or config.rl.kl_in_reward,
+    keep_groups=keep_groups, shape_rewards=shape_rewards, prepare_batch=batch_preparer)

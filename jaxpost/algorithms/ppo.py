@@ -15,11 +15,14 @@ tree {"policy", "value"} under one optimizer, as TRL's PolicyAndValueWrapper doe
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxpost.algorithms import grpo
+from jaxpost.algorithms.base import Algorithm
 
 
 def token_rewards(scores, old_logps, ref_logps, mask, *, beta: float) -> jnp.ndarray:
@@ -76,7 +79,7 @@ def explained_variance(values, returns, mask) -> jnp.ndarray:
   return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
 
 
-def make_ppo_loss_fn(policy_graphdef, value_graphdef, *, vf_coef: float = 0.1, value_clip: float = 0.2,
+def make_loss_fn(policy_graphdef, value_graphdef, *, vf_coef: float = 0.1, value_clip: float = 0.2,
                      epsilon_low: float = 0.2, epsilon_high: float | None = None, entropy_coef: float = 0.0,
                      logprob_impl: str = "naive", temperature: float = 1.0):
   """Returns (loss_fn(params, batch, frozen), normalizer) for params {"policy", "value"}.
@@ -85,7 +88,7 @@ def make_ppo_loss_fn(policy_graphdef, value_graphdef, *, vf_coef: float = 0.1, v
   `old_values` and `returns` (B, T). Loss per token: ppo_clip + vf_coef * L_V - entropy_coef * H,
   token-mean over the completion tokens of the global batch.
   """
-  policy_loss_fn, normalizer = grpo.make_grpo_loss_fn(
+  policy_loss_fn, normalizer = grpo.make_loss_fn(
       policy_graphdef, policy_loss="ppo_clip", aggregation="token_mean", epsilon_low=epsilon_low,
       epsilon_high=epsilon_high, entropy_coef=entropy_coef, logprob_impl=logprob_impl, temperature=temperature)
 
@@ -113,3 +116,60 @@ def make_values_fn(value_graphdef):
     return jax.lax.stop_gradient(critic.scores(batch["inputs"], batch["positions"], batch["segment_ids"]))
   return values
 
+
+
+def prepare_batch(batch, rollout, params, *, value_graphdef, beta: float, gamma: float, lam: float,
+                  whiten_advantages: bool):
+  """The rollout rows -> the actor-critic loss's batch (see the module docstring):
+
+    V_old = critic(prefix) (B, T);  r_t = KL-shaped token rewards;  (A, R) = GAE(r, V_old);  A whitened
+
+  batch: rollout fields (B, T) with old_logps, and ref_logps when beta > 0; rollout: rewards (B,) scores.
+  Returns (batch + old_values, advantages, returns (B, T), {explained_variance[, kl]}); kl is the mean
+  per-token k1 of the behaviour policy against the reference. Pure, jitted by the loop."""
+  batch = dict(batch)
+  mask = batch["loss_mask"]
+  batch["old_values"] = make_values_fn(value_graphdef)(params["value"], batch)  # (B, T)
+  rewards = token_rewards(rollout["rewards"], batch["old_logps"], batch.get("ref_logps"), mask, beta=beta)
+  advantages, returns = gae(rewards, batch["old_values"], mask, gamma=gamma, lam=lam)
+  batch["advantages"] = whiten(advantages, mask) if whiten_advantages else advantages
+  batch["returns"] = returns
+  metrics = {"explained_variance": explained_variance(batch["old_values"], returns, mask)}
+  if "ref_logps" in batch:
+    m = mask.astype(jnp.float32)
+    metrics["kl"] = jnp.sum((batch["old_logps"] - batch["ref_logps"]) * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return batch, metrics
+
+
+def loss_from_config(config, models):
+  rl, pc = config.rl, config.ppo
+  return make_loss_fn(models.graphdef, models.value_graphdef, vf_coef=pc.vf_coef, value_clip=pc.value_clip,
+                      epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, entropy_coef=rl.entropy_coef,
+                      logprob_impl=models.model_cfg.logprob_impl, temperature=rl.temperature)
+
+
+def batch_preparer(config, models):
+  pc = config.ppo
+  return functools.partial(prepare_batch, value_graphdef=models.value_graphdef, beta=config.rl.beta, gamma=pc.gamma,
+                           lam=pc.lam, whiten_advantages=pc.whiten_advantages)
+
+
+# GRPO-family settings PPO does not read: set away from their defaults, they would do nothing.
+UNUSED_RL = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.dual_clip", "rl.kl_estimator",
+             "rl.kl_in_reward", "rl.dynamic_sampling", "rl.max_refills", "rl.overlong", "rl.overlong_buffer")
+
+
+def validate(config, checks) -> None:
+  checks.unused(UNUSED_RL, "PPO's advantages are GAE from its critic (ppo.*), its loss the clipped PPO objective "
+                "with the KL in the reward")
+  p = config.ppo
+  checks.check(0 < p.gamma <= 1, "ppo.gamma", f"must be in (0, 1], got {p.gamma}")
+  checks.check(0 <= p.lam <= 1, "ppo.lam", f"must be in [0, 1], got {p.lam}")
+  checks.check(p.vf_coef > 0, "ppo.vf_coef", f"must be > 0, got {p.vf_coef}")
+  checks.check(p.value_clip > 0, "ppo.value_clip", f"must be > 0, got {p.value_clip}")
+  checks.check(config.lora.rank == 0, "lora.rank", "LoRA with ppo is not implemented yet (sft, rm, dpo, grpo have it)")
+
+
+ALGORITHM = Algorithm(
+    name="ppo", loop="online", validate=validate, make_loss=loss_from_config, critic=True,
+    reference=lambda config: config.rl.beta > 0, prepare_batch=batch_preparer)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxpost.algorithms.dpo import normalizer, pair_valid  # noqa: F401  (the same pair-mean convention)
+from jaxpost.algorithms.base import Algorithm
+from jaxpost.algorithms.dpo import PAIR_ROWS, normalizer, pair_valid  # The same pair-mean convention.
 
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=0.0, *, center_coef: float = 0.0):
@@ -42,7 +43,7 @@ def sequence_rewards(graphdef, params, inputs, positions, segment_ids):
 
 
 def make_loss_fn(graphdef, logprob_impl: str = "naive", *, center_coef: float = 0.0):
-  """Returns loss_fn(params, batch, frozen) -> (sum of pair losses, metric sums), for `step.py`.
+  """Returns (loss_fn(params, batch, frozen) -> (sum of pair losses, metric sums), normalizer), for `step.py`.
 
   Metrics (means over pairs once divided by `normalizer`): loss, accuracy (r_w > r_l), reward/chosen,
   reward/rejected, reward/margin."""
@@ -60,4 +61,15 @@ def make_loss_fn(graphdef, logprob_impl: str = "naive", *, center_coef: float = 
                    "reward/chosen": jnp.sum(r[:, 0] * valid), "reward/rejected": jnp.sum(r[:, 1] * valid),
                    "reward/margin": jnp.sum((r[:, 0] - r[:, 1]) * valid)}
 
-  return loss_fn
+  return loss_fn, normalizer
+
+
+def validate(config, checks) -> None:
+  checks.unused(("data.pack",), PAIR_ROWS)
+  checks.check(config.rm.center_coef >= 0, "rm.center_coef", f"must be >= 0, got {config.rm.center_coef}")
+
+
+ALGORITHM = Algorithm(
+    name="rm", loop="offline", head="scalar", validate=validate, data=lambda config: "pairs",
+    eval_accuracy="accuracy",
+    make_loss=lambda config, models: make_loss_fn(models.graphdef, center_coef=config.rm.center_coef))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxpost import logprobs as logprobs_lib
+from jaxpost.algorithms.base import Algorithm
 
 
 def normalizer(batch) -> jnp.ndarray:
@@ -19,10 +20,15 @@ def normalizer(batch) -> jnp.ndarray:
 
 
 def make_loss_fn(graphdef, logprob_impl: str = "naive"):
-  """Returns loss_fn(params, batch, frozen) -> (sum of masked NLL, {"loss": same sum})."""
+  """Returns (loss_fn(params, batch, frozen) -> (sum of masked NLL, {"loss": same sum}), normalizer)."""
   def loss_fn(params, batch, frozen=None):
     del frozen  # SFT keeps no reference model.
     logps = logprobs_lib.token_logprobs(graphdef, params, batch, impl=logprob_impl)  # (B, T)
     nll_sum = -jnp.sum(logps * batch["loss_mask"].astype(jnp.float32))
     return nll_sum, {"loss": nll_sum}
-  return loss_fn
+  return loss_fn, normalizer
+
+
+ALGORITHM = Algorithm(
+    name="sft", loop="offline", data=lambda config: "sequences",
+    make_loss=lambda config, models: make_loss_fn(models.graphdef, models.model_cfg.logprob_impl))

@@ -12,6 +12,11 @@ class DataError(ValueError):
   """A problem in the training data; the message starts with `path:line:` where one applies."""
 
 
+def split_paths(spec: str) -> list[str]:
+  """`config.data.*_path`: comma-separated files or globs -> list."""
+  return [p.strip() for p in spec.split(",") if p.strip()]
+
+
 def expand_paths(pattern: str | list[str]) -> list[str]:
   """Expands one or more glob patterns (each sorted, in the given order); DataError if one matches nothing."""
   patterns = [pattern] if isinstance(pattern, str) else list(pattern)

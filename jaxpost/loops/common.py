@@ -1,6 +1,7 @@
 """What the loops share: the model and its sharded train state, created fresh, from a Hugging Face
 directory (`model.path`), from another run's params (`model.init_checkpoint`), or resumed from this
-workdir's latest checkpoint. The workdir's layout and the starting weights are jaxpost/workdir.py's."""
+workdir's latest checkpoint; the tokenizer; the end of a step (log, evaluate, checkpoint, preemption) and
+of a run. The workdir's layout and the starting weights are jaxpost/workdir.py's."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,18 +9,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxpost import checkpoint as checkpoint_lib
+from jaxpost import mesh as mesh_lib
 from jaxpost import optim
 from jaxpost import state as state_lib
-from jaxpost.config import tokenizer_path  # noqa: F401  (the loops call common.tokenizer_path)
-from jaxpost.models import ModelConfig, lora
+from jaxpost import step as step_lib
+from jaxpost import tokenizers
+from jaxpost.config import ConfigError, tokenizer_path
+from jaxpost.loops import critic as critic_lib
+from jaxpost.models import ModelConfig, Transformer, hf, lora
 from jaxpost.workdir import base_params, check_same_model, write_model_record
-
-
-def split_paths(spec: str) -> list[str]:
-  """`config.data.*_path`: comma-separated files or globs -> list."""
-  return [p.strip() for p in spec.split(",") if p.strip()]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,10 +42,16 @@ class Setup:
   frozen_base: dict | None = None  # Under LoRA: the frozen (maybe quantised) base; state["params"] = adapters.
   mesh: object = None
   source: dict | None = None  # base_params' keywords: where the starting weights came from.
+  value_cfg: ModelConfig | None = None  # With a critic: state["params"] = {"policy": ..., "value": ...}.
+  value_graphdef: object = None
 
   def full_params(self, params: dict) -> dict:
     """The whole model's params (what graphdef merges with) from the trained ones."""
     return params if self.frozen_base is None else lora.join(self.frozen_base, params)
+
+  def policy_params(self, params: dict) -> dict:
+    """The policy's trained params (adapters under LoRA) from the state's params (which add the critic's)."""
+    return params if self.value_cfg is None else params["policy"]
 
   def reference_params(self, params: dict) -> dict:
     """The frozen reference policy, the starting weights after any number of restarts: under LoRA the
@@ -76,7 +83,6 @@ def model_config(config, vocab_size: int | None) -> ModelConfig:
   """The architecture: from `model.path`'s config.json (training fields from config.model), else config.model;
   plus the LoRA adapters of `config.lora` (rank 0 = none)."""
   if config.model.path:
-    from jaxpost.models import hf
     cfg = hf.config_from_pretrained(config.model.path, **{k: config.model[k] for k in TRAINING_FIELDS})
   else:
     cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size)
@@ -91,8 +97,6 @@ def fresh_adapters(model_cfg: ModelConfig, mesh, seed: int) -> dict:
   shardings = lora.split(state_lib.param_shardings(model_cfg, mesh))[1]
 
   def init():
-    from flax import nnx
-    from jaxpost.models import Transformer
     params = nnx.to_pure_dict(nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(params=seed)), nnx.Param))
     return lora.split(params)[1]
   return jax.jit(init, out_shardings=shardings)()
@@ -109,9 +113,17 @@ def frozen_base(config, base: dict, log) -> dict:
   return base
 
 
-def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: int, log) -> Setup:
+def load_tokenizer(config):
+  if not tokenizer_path(config):
+    raise ConfigError("config.tokenizer.path: empty; name a sentencepiece .model file or a HF tokenizer folder")
+  return tokenizers.load(tokenizer_path(config))
+
+
+def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: int, log,
+                critic: bool = False) -> Setup:
   """Model, optimizer and sharded state. Under LoRA (`lora.rank` > 0) the state holds only the adapters
-  (and their optimizer moments); the base is loaded (again, on resume) and kept frozen in Setup.frozen_base."""
+  (and their optimizer moments); the base is loaded (again, on resume) and kept frozen in Setup.frozen_base.
+  With `critic`, the state's params are {"policy": ..., "value": the critic's} (see loops/critic.py)."""
   t = config.train
   model_cfg = model_config(config, vocab_size)
   use_lora = bool(model_cfg.lora_rank)
@@ -121,6 +133,13 @@ def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: i
   trained_shapes, trained_shardings = param_shapes, param_shardings
   if use_lora:
     trained_shapes, trained_shardings = lora.split(param_shapes)[1], lora.split(param_shardings)[1]
+  value_cfg = value_graphdef = None
+  if critic:
+    value_cfg = critic_lib.value_config(config, model_cfg)
+    value_graphdef, value_shapes, _ = state_lib.abstract_model(value_cfg)
+    value_shardings = state_lib.param_shardings(value_cfg, mesh)
+    trained_shapes = {"policy": trained_shapes, "value": value_shapes}
+    trained_shardings = {"policy": trained_shardings, "value": value_shardings}
   shardings = state_lib.state_shardings(trained_shapes, trained_shardings, tx, mesh)
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
   latest = checkpointer.latest_step()
@@ -138,18 +157,47 @@ def setup_state(config, workdir: str, mesh, *, vocab_size: int, total_updates: i
       base, params = params, fresh_adapters(model_cfg, mesh, t.seed)
     elif model_cfg.head == "scalar":  # base_params is the backbone only: a reward model's head starts fresh.
       params = lora.join(params, fresh_adapters(model_cfg, mesh, t.seed))
-    state = state_lib.create_state(params, tx, shardings, t.seed)
-    write_model_record(workdir, model_cfg, config)
+    if critic:
+      params = {"policy": params, "value": critic_lib.initial_params(config, value_cfg, value_shardings, mesh, log)}
+    state = state_lib.create_state(params, tx, shardings)
+    del params  # (create_state may copy: keep no second reference to the starting weights.)
+    write_model_record(workdir, model_cfg, config, params_key="policy" if critic else "")
   if use_lora:
     base = frozen_base(config, base, log)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
     log(f"LoRA rank {model_cfg.lora_rank} on {','.join(model_cfg.lora_targets)}: {count(state['params']):,} "
         f"trained params, {count(lora.split(param_shapes)[0]):,} frozen")
   return Setup(model_cfg, graphdef, tx, schedule, param_shardings, shardings, checkpointer, state, data_state,
-               latest, base, mesh, source)
+               latest, base, mesh, source, value_cfg, value_graphdef)
 
 
 def check_finite(step: int, metrics) -> None:
   loss = float(metrics["loss"])
   if not math.isfinite(loss):
     raise NonFiniteLossError(f"step {step}: loss is {loss}; stopping (last saved checkpoint is kept)")
+
+
+def due(every: int, step: int, is_last: bool) -> bool:
+  """Whether a periodic action (log, eval, checkpoint) runs at `step`: every `every` steps and at the end."""
+  return bool(every and step % every == 0) or is_last
+
+
+def make_update_step(setup, loss_fn, normalizer, mesh, *, grad_accum: int):
+  """The generic train step (jaxpost/step.py) jitted with the state's and the batch's shardings, the
+  state donated; under LoRA the loss is taken w.r.t. the adapters only."""
+  step = step_lib.make_train_step(setup.trainable_loss(loss_fn), normalizer, setup.tx, setup.schedule,
+                                  grad_accum=grad_accum)
+  return jax.jit(step, in_shardings=(setup.shardings, mesh_lib.batch_sharding(mesh), None),
+                 out_shardings=(setup.shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+
+
+def finish(checkpointer, writer, stop) -> int | None:
+  """The end of a run: waits for the last save, logs it, closes the writer; re-raises a preemption the
+  processes agreed on. Returns the last saved step."""
+  checkpointer.close()
+  final = checkpointer.latest_step()
+  writer.log(f"saved checkpoint step {final} in {checkpointer.directory}")
+  writer.close()
+  if stop.agreed:
+    raise stop.preempted(final)
+  return final

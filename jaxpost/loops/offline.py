@@ -14,14 +14,12 @@ from jaxpost import mesh as mesh_lib
 from jaxpost import metrics as metrics_lib
 from jaxpost import preemption
 from jaxpost import step as step_lib
-from jaxpost.algorithms import dpo, rm, sft
+from jaxpost.algorithms import registry
+from jaxpost.algorithms.base import Models
 from jaxpost.config import ConfigError
-from jaxpost.loops import common, preference
-from jaxpost.loops.common import NonFiniteLossError  # noqa: F401  (re-exported)
 from jaxpost.data import pipeline
-from jaxpost import tokenizers
-
-ALGORITHMS = {"sft": sft, "rm": rm, "dpo": dpo}
+from jaxpost.data.jsonl import split_paths
+from jaxpost.loops import common, preference
 
 
 def run(config, workdir: str) -> dict:
@@ -34,32 +32,32 @@ def run(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
-  algorithm = ALGORITHMS[config.algorithm]
+  algorithm = registry.get(config.algorithm)
   t = config.train
 
   # ---------------------------------------------------------------- Tokenizer and data
-  if not common.tokenizer_path(config):
-    raise ConfigError("config.tokenizer.path: empty; name a sentencepiece .model file or a HF tokenizer folder")
+  tokenizer = common.load_tokenizer(config)
   if not config.data.train_path:
     raise ConfigError("config.data.train_path: empty; name a JSONL file or glob")
-  tokenizer = tokenizers.load(common.tokenizer_path(config))
-  data_kwargs = dict(seq_len=config.data.seq_len, pack=config.data.pack, overlong=config.data.overlong)
-  if config.algorithm in preference.ALGORITHMS:  # rm, dpo: one pair per row, fields (R, 2, T).
-    build = lambda paths: preference.build_dataset(config, paths, tokenizer)
+  layout = algorithm.data(config)
+  pairs = layout in preference.PAIR_DATA  # rm, dpo: one pair (or KTO example) per row, fields (R, 2, T).
+  if pairs:
+    build = lambda paths: preference.build_dataset(config, paths, tokenizer, layout)
   else:
-    build = lambda paths: pipeline.build_dataset(paths, tokenizer, **data_kwargs)
-  rows, data_stats = build(common.split_paths(config.data.train_path))
-  eval_rows = build(common.split_paths(config.data.eval_path))[0] if config.data.eval_path else None
+    build = lambda paths: pipeline.build_dataset(paths, tokenizer, seq_len=config.data.seq_len,
+                                                 pack=config.data.pack is not False, overlong=config.data.overlong)
+  rows, data_stats = build(split_paths(config.data.train_path))
+  eval_rows = build(split_paths(config.data.eval_path))[0] if config.data.eval_path else None
 
   # ---------------------------------------------------------------- Model and sharded state
   writer = metrics_lib.MetricsWriter(workdir, total_steps=t.steps, progress=t.progress)
   setup = common.setup_state(config, workdir, mesh, vocab_size=tokenizer.vocab_size, total_updates=t.steps,
                              log=writer.log)
-  graphdef, tx, schedule, shardings = setup.graphdef, setup.tx, setup.schedule, setup.shardings
   checkpointer, state = setup.checkpointer, setup.state
   frozen = None  # What the loss reads but never trains: the DPO reference params (unless precomputed into rows).
-  if config.algorithm in preference.ALGORITHMS:
-    frozen = preference.prepare(config, mesh, setup, row_sets=[r for r in (rows, eval_rows) if r is not None])
+  if pairs:
+    frozen = preference.prepare(config, mesh, setup, algorithm,
+                                row_sets=[r for r in (rows, eval_rows) if r is not None])
 
   # ---------------------------------------------------------------- Batches (rows are final: ref_logps added)
   process_rows = t.batch_size // jax.process_count()
@@ -77,19 +75,15 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
              ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data_stats.items()))
 
   # ---------------------------------------------------------------- Update step
-  options = preference.loss_options(config) if config.algorithm in preference.ALGORITHMS else {}
-  # Under LoRA the step differentiates w.r.t. the adapters only; the frozen base is joined in inside.
-  loss_fn = setup.trainable_loss(algorithm.make_loss_fn(graphdef, model_cfg.logprob_impl, **options))
-  trained_shardings = shardings["params"]
-  batch_shardings = mesh_lib.batch_sharding(mesh)
-  train_step = jax.jit(
-      step_lib.make_train_step(loss_fn, algorithm.normalizer, tx, schedule, grad_accum=t.grad_accum),
-      in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, mesh_lib.replicated(mesh)),
-      donate_argnums=0)
-  if config.algorithm in preference.ALGORITHMS:  # Eval loss plus held-out preference accuracy.
-    evaluate = preference.make_evaluate(loss_fn, eval_data, mesh, trained_shardings, frozen, config.algorithm)
+  loss_fn, normalizer = algorithm.make_loss(config, Models(setup.graphdef, model_cfg))
+  train_step = common.make_update_step(setup, loss_fn, normalizer, mesh, grad_accum=t.grad_accum)
+  # Under LoRA the loss is taken w.r.t. the adapters only; the frozen base is joined in inside.
+  loss_fn, trained_shardings = setup.trainable_loss(loss_fn), setup.shardings["params"]
+  if pairs:  # Eval loss plus held-out preference accuracy.
+    evaluate = preference.make_evaluate(loss_fn, eval_data, mesh, trained_shardings, frozen, algorithm.eval_accuracy)
   else:
-    eval_step = jax.jit(step_lib.make_eval_step(loss_fn), in_shardings=(trained_shardings, batch_shardings, None))
+    eval_step = jax.jit(step_lib.make_eval_step(loss_fn),
+                        in_shardings=(trained_shardings, mesh_lib.batch_sharding(mesh), None))
 
     def evaluate(params) -> dict:
       total, weight = 0.0, 0.0
@@ -114,7 +108,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     window.append(metrics["loss"])
     writer.advance()
     is_last = step == t.steps
-    if (t.log_every and step % t.log_every == 0) or is_last:
+    if common.due(t.log_every, step, is_last):
       common.check_finite(step, metrics)
       now = time.perf_counter()
       values = dict(metrics)
@@ -125,22 +119,16 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
       if t.stop_at_loss and summary["loss"] < t.stop_at_loss:
         writer.log(f"step {step}: loss {summary['loss']:.4f} < stop_at_loss {t.stop_at_loss}; stopping")
         is_last = True
-    if eval_data and ((t.eval_every and step % t.eval_every == 0) or is_last):
+    if eval_data and common.due(t.eval_every, step, is_last):
       eval_metrics = evaluate(state["params"])
       summary.update(eval_metrics)
       writer.write(step, eval_metrics)
     preempted = not is_last and stop.should_stop()
-    if (t.checkpoint_every and step % t.checkpoint_every == 0) or is_last or preempted:
+    if common.due(t.checkpoint_every, step, is_last) or preempted:
       common.check_finite(step, metrics)
       save(step)
     if is_last or preempted:
       break
-  checkpointer.close()  # Waits for the last save to be finalised.
-  final = checkpointer.latest_step()
-  writer.log(f"saved checkpoint step {final} in {checkpointer.directory}")
-  writer.close()
-  if stop.agreed:
-    raise stop.preempted(final)
-  summary["step"] = final
+  summary["step"] = common.finish(checkpointer, writer, stop)
   return summary
 

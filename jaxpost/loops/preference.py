@@ -1,5 +1,5 @@
-"""The offline loop's pieces for preference algorithms (rm, dpo): pair data, loss options, the frozen
-reference, and held-out preference accuracy. `loops/offline.py` calls these; the math is in
+"""The offline loop's pieces for preference algorithms (data "pairs" or "unpaired": rm, dpo): pair data,
+the frozen reference, and held-out preference accuracy. `loops/offline.py` calls these; the math is in
 `algorithms/rm.py` and `algorithms/dpo.py`, the records in `data/preferences.py`.
 
 The DPO reference is the run's *initial* params (`model.init_checkpoint`'s, `model.path`'s, or the fresh
@@ -19,35 +19,25 @@ from jaxpost import mesh as mesh_lib
 from jaxpost.algorithms import dpo
 from jaxpost.data import pipeline, preferences
 
-ALGORITHMS = ("rm", "dpo")
+PAIR_DATA = ("pairs", "unpaired")
 
 
-def build_dataset(config, paths: list[str], tokenizer):
-  """Preference rows (R, 2, T): KTO examples with their mismatched KL sequences for dpo.loss_type kto,
-  (chosen, rejected) pairs otherwise. Returns (rows, stats)."""
+def build_dataset(config, paths: list[str], tokenizer, layout: str):
+  """Preference rows (R, 2, T): KTO examples with their mismatched KL sequences for layout "unpaired",
+  (chosen, rejected) pairs for "pairs". Returns (rows, stats)."""
   kwargs = dict(seq_len=config.data.seq_len, overlong=config.data.overlong)
-  if config.algorithm == "dpo" and config.dpo.loss_type == "kto":
+  if layout == "unpaired":
     return preferences.build_unpaired(paths, tokenizer, seed=config.train.seed, **kwargs)
   return preferences.build_paired(paths, tokenizer, **kwargs)
 
 
-def loss_options(config) -> dict:
-  """Keyword arguments of `rm.make_loss_fn` / `dpo.make_loss_fn` from the config."""
-  if config.algorithm == "rm":
-    return {"center_coef": config.rm.center_coef}
-  d = config.dpo
-  return {"loss_type": d.loss_type,
-          "options": dpo.Options(beta=d.beta, label_smoothing=d.label_smoothing, gamma=d.gamma,
-                                 desirable_weight=d.desirable_weight, undesirable_weight=d.undesirable_weight)}
-
-
-def prepare(config, mesh, setup, *, row_sets: list[dict]) -> dict | None:
-  """Before the loop (after `common.setup_state`): for dpo, builds the reference and either adds
-  `ref_logps` (R, 2) to each of `row_sets` (precompute) or returns it as `frozen` (online).
+def prepare(config, mesh, setup, algorithm, *, row_sets: list[dict]) -> dict | None:
+  """Before the loop (after `common.setup_state`): where the algorithm keeps a reference (dpo), builds it
+  and either adds `ref_logps` (R, 2) to each of `row_sets` (precompute) or returns it as `frozen` (online).
 
   Returns the `frozen` argument of the train and eval steps: {"ref_params": ...} or None."""
-  if config.algorithm != "dpo" or not dpo.needs_reference(config.dpo.loss_type):
-    return None  # (An rm workdir is described by the model.json that setup_state writes.)
+  if not algorithm.reference(config):
+    return None
   # The starting params (LoRA: the base, adapters off), reloaded from their source on resume.
   ref_params = setup.reference_params(setup.state["params"])
   if config.dpo.ref_logps == "online":
@@ -70,15 +60,15 @@ def precompute_ref_logps(fn, ref_params, rows: dict, batch_size: int, mesh) -> n
   return np.concatenate(out)[:num_rows].astype(np.float32)
 
 
-def make_evaluate(loss_fn, eval_batches: list[dict], mesh, param_shardings, frozen, algorithm: str):
+def make_evaluate(loss_fn, eval_batches: list[dict], mesh, param_shardings, frozen, accuracy_key: str | None):
   """Returns evaluate(params) -> {"eval_loss", "eval/accuracy", "eval/<metric>", ...}: means over every
-  held-out pair (padding rows weigh 0). eval/accuracy is the fraction of pairs ranked right."""
+  held-out pair (padding rows weigh 0). eval/accuracy is the fraction of pairs ranked right (the loss
+  metric `accuracy_key`)."""
   def eval_step(params, batch, frozen):
     loss_sum, metric_sums = loss_fn(params, batch, frozen)
     return loss_sum, metric_sums, jnp.sum(dpo.pair_valid(batch))
 
   step = jax.jit(eval_step, in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh), None))
-  accuracy_key = "accuracy" if algorithm == "rm" else "rewards/accuracies"
 
   def evaluate(params) -> dict:
     sums, weight = {}, 0.0

@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpost.models import safetensors_io
+from jaxpost.models import lora, safetensors_io
+from jaxpost.models.abstract import abstract_model, param_shardings
 from jaxpost.models.config import FULL, SLIDING, ModelConfig
 from jaxpost.models.safetensors_io import CheckpointError
+from jaxpost.models.transformer import Transformer
 
 FAMILIES = {  # HF model_type -> (our family, HF architecture class)
     "llama": ("llama", "LlamaForCausalLM"),
@@ -278,8 +280,7 @@ def load_params(path: str, cfg: ModelConfig, shardings=None, *, seed: int = 0) -
   read. With `scan_layers` the L per-layer tensors of one name are stacked first. A scalar head
   (`head='scalar'`, reward model or critic on an HF language model) starts fresh from `seed`.
   """
-  from jaxpost import state as state_lib
-  _, shapes, _ = state_lib.abstract_model(dataclasses.replace(cfg, scan_layers=False))
+  _, shapes, _ = abstract_model(dataclasses.replace(cfg, scan_layers=False))
   reader = safetensors_io.CheckpointReader(path)
   dtype = cfg.weight_dtype
   host: dict = {}
@@ -325,10 +326,8 @@ def from_pretrained(path: str, dtype: str = "float32", mesh: jax.sharding.Mesh |
   are stored in `param_dtype` (default: `dtype`). With a `mesh`, every weight is created sharded by the
   logical-axis rules of jaxpost.mesh.
   """
-  from jaxpost import state as state_lib
-  from jaxpost.models.transformer import Transformer
   cfg = config_from_pretrained(path, dtype=dtype, param_dtype=param_dtype or dtype, **overrides)
-  shardings = state_lib.param_shardings(cfg, mesh) if mesh is not None else None
+  shardings = param_shardings(cfg, mesh) if mesh is not None else None
   params = load_params(path, cfg, shardings)
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
@@ -383,8 +382,6 @@ def save_peft_adapter(cfg: ModelConfig, adapters: dict, path: str, *, base_model
   PEFT stores lora_A.weight (r, in) and lora_B.weight (out, r) with delta W = (alpha / r) B A; ours are
   A (in, r) and B (r, out), so each is transposed.
   """
-  from jaxpost.models import lora
-
   def tensors():
     for layer in range(cfg.num_layers):
       for group, weights, hf_group in (("attn", lora.ATTENTION_WEIGHTS, "self_attn"), ("mlp", lora.MLP_WEIGHTS, "mlp")):

@@ -102,7 +102,7 @@ def test_policy_equal_reference_gives_ln2_and_zero_margins():
   """Reference = the same params (online): rho = 0 for every pair -> loss ln 2, rewards and margins 0,
   accuracy 0 (no pair ranked strictly right)."""
   graphdef, params = _params(1)
-  loss_fn = dpo.make_loss_fn(graphdef, loss_type="sigmoid", options=dpo.Options(beta=0.3))
+  loss_fn, _ = dpo.make_loss_fn(graphdef, loss_type="sigmoid", options=dpo.Options(beta=0.3))
   loss, m = _mean(loss_fn, params, _pairs(), {"ref_params": params})
   np.testing.assert_allclose(loss, LN2, rtol=1e-6)
   np.testing.assert_allclose([m["rewards/chosen"], m["rewards/rejected"], m["rewards/margins"]], 0.0, atol=1e-6)
@@ -122,7 +122,7 @@ def test_loss_fn_with_precomputed_reference(loss_type, expected):
   batch["ref_logps"] = (-n * LN_V + np.array([-1.0, 1.0])).astype(np.float32)
   batch = {k: np.concatenate([v, np.zeros_like(v[:1])]) for k, v in batch.items()}  # + an eval padding pair
   assert float(dpo.normalizer(batch)) == 4.0  # ... which counts for nothing.
-  loss_fn = dpo.make_loss_fn(graphdef, loss_type=loss_type, options=dpo.Options(beta=0.5))
+  loss_fn, _ = dpo.make_loss_fn(graphdef, loss_type=loss_type, options=dpo.Options(beta=0.5))
   loss, m = _mean(loss_fn, params, batch)
   if loss_type == "kto":
     # KL rows (index 1) have rho = -1 -> z0 = max(0, -1) = 0; examples rho = +1: desirable rows 0, 2 give
@@ -139,7 +139,7 @@ def test_reference_free_loss_on_tiny_model():
   """orpo (like simpo) reads no reference. Zero params: the average log-prob is -ln V for every sequence,
   so the odds-ratio term is ln 2 and L = ln V + beta ln 2."""
   graphdef, params = _params(None)
-  orpo = dpo.make_loss_fn(graphdef, loss_type="orpo", options=dpo.Options(beta=0.1))
+  orpo, _ = dpo.make_loss_fn(graphdef, loss_type="orpo", options=dpo.Options(beta=0.1))
   np.testing.assert_allclose(_mean(orpo, params, _pairs())[0], LN_V + 0.1 * LN2, rtol=1e-5)
 
 
@@ -149,7 +149,7 @@ def test_precomputed_equals_online_reference():
   graphdef, params = _params(2)
   _, ref_params = _params(3)
   batch = _pairs()
-  loss_fn = dpo.make_loss_fn(graphdef, loss_type="sigmoid", options=dpo.Options(beta=0.2))
+  loss_fn, _ = dpo.make_loss_fn(graphdef, loss_type="sigmoid", options=dpo.Options(beta=0.2))
   pre = dict(batch, ref_logps=np.asarray(jax.jit(dpo.make_reference_logps_fn(graphdef))(ref_params, batch)))
   grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   (l_on, m_on), g_on = grad(params, batch, {"ref_params": ref_params})
@@ -164,6 +164,6 @@ def test_precomputed_equals_online_reference():
 def test_missing_reference_is_an_error():
   graphdef, params = _params(None)
   with pytest.raises(ValueError, match="needs reference log-probs"):
-    dpo.make_loss_fn(graphdef, loss_type="sigmoid")(params, _pairs(), None)
+    dpo.make_loss_fn(graphdef, loss_type="sigmoid")[0](params, _pairs(), None)
   with pytest.raises(ValueError, match="loss_type 'nope'"):
     dpo.make_loss_fn(graphdef, loss_type="nope")

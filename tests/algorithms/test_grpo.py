@@ -245,7 +245,7 @@ def test_grpo_loss_hand_values(aggregation, max_len, expected):
   graphdef, params = _params(None)
   batch = dict(_batch(), old_logps=np.full((4, 8), -LN_V, np.float32),
                ref_logps=np.full((4, 8), -LN_V + np.log(2), np.float32))
-  loss_fn, normalizer = grpo.make_grpo_loss_fn(graphdef, aggregation=aggregation, max_len=max_len, beta=0.1,
+  loss_fn, normalizer = grpo.make_loss_fn(graphdef, aggregation=aggregation, max_len=max_len, beta=0.1,
                                                entropy_coef=0.01, epsilon_low=0.2, epsilon_high=0.28)
   loss, m = _mean(loss_fn, normalizer, params, batch)
   per_token_const = 0.1 * (1 - np.log(2)) - 0.01 * LN_V
@@ -262,7 +262,7 @@ def test_first_update_is_on_policy():
   graphdef, params = _params(0)
   batch = _batch()
   logps = jax.jit(lambda p, b: logprobs_lib.token_logprobs(graphdef, p, b))(params, batch)
-  loss_fn, normalizer = grpo.make_grpo_loss_fn(graphdef, beta=0.04)
+  loss_fn, normalizer = grpo.make_loss_fn(graphdef, beta=0.04)
   _, m = _mean(loss_fn, normalizer, params, dict(batch, old_logps=logps, ref_logps=logps))
   np.testing.assert_allclose([m["ratio"], m["clip_frac"], m["kl"]], [1.0, 0.0, 0.0], atol=1e-6)
 
@@ -292,10 +292,66 @@ def test_on_policy_gradient_is_vanilla_policy_gradient(policy_loss):
 
 def test_beta_needs_ref_logps():
   graphdef, params = _params(None)
-  loss_fn, _ = grpo.make_grpo_loss_fn(graphdef, beta=0.1)
+  loss_fn, _ = grpo.make_loss_fn(graphdef, beta=0.1)
   with pytest.raises(KeyError, match="ref_logps"):
     loss_fn(params, _batch())
   with pytest.raises(ValueError, match="max_len"):
-    grpo.make_grpo_loss_fn(graphdef, aggregation="seq_mean_token_sum_norm")
+    grpo.make_loss_fn(graphdef, aggregation="seq_mean_token_sum_norm")
   with pytest.raises(ValueError, match="unknown policy loss"):
-    grpo.make_grpo_loss_fn(graphdef, policy_loss="ppo")
+    grpo.make_loss_fn(graphdef, policy_loss="ppo")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The online step's pieces: rollout rules and batch preparation.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_dynamic_sampling_and_overlong_penalty_by_hand():
+  """Groups [1, 1], [0, 1], [0, 0] -> only the mixed one carries signal. Budget 8, buffer 4: the penalty
+  ramps from length 4: lengths [3, 4, 6, 8] -> [0, 0, 2/4, 4/4] = [0, 0, 0.5, 1]."""
+  keep = grpo.informative_groups(np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))
+  np.testing.assert_array_equal(keep, [False, True, False])
+  np.testing.assert_allclose(grpo.overlong_penalty(np.array([3, 4, 6, 8]), max_len=8, buffer=4), [0, 0, 0.5, 1])
+
+
+def _rollout_rows(rewards, valid, truncated, *, t=3):
+  """Rows with loss_mask 1 on every column; old - ref log-probs = 0.1 * (row + 1) per token."""
+  r = len(rewards)
+  old = np.zeros((r, t), np.float32)
+  ref = -0.1 * (np.arange(r, dtype=np.float32)[:, None] + 1) * np.ones((1, t), np.float32)
+  batch = {"loss_mask": np.ones((r, t), np.int32), "old_logps": old, "ref_logps": ref}
+  rollout = {k: np.asarray(v, np.float32) for k, v in
+             (("rewards", rewards), ("valid", valid), ("truncated", truncated))}
+  return batch, rollout
+
+
+def test_prepare_batch_kl_in_reward_and_overlong_filter_by_hand():
+  """One group of G = 2, rewards [1, 0], row 1 truncated, beta 0.5, T = 3 tokens of k1 0.1 and 0.2.
+  Filter first: row 1's loss_mask -> 0, so its sequence KL is 0 and row 0's is 3 * 0.1 = 0.3.
+  r = [1 - 0.5 * 0.3, 0 - 0] = [0.85, 0]: mean 0.425, population std 0.425 -> A = [1, -1] (eps 1e-6)."""
+  batch, rollout = _rollout_rows([1.0, 0.0], [1, 1], [0, 1])
+  out, metrics = grpo.prepare_batch(batch, rollout, num_generations=2, advantage="grpo", beta=0.5,
+                                    kl_in_reward=True, filter_truncated=True)
+  np.testing.assert_array_equal(out["loss_mask"], [[1, 1, 1], [0, 0, 0]])
+  np.testing.assert_allclose(out["advantages"], [1.0, -1.0], atol=1e-5)
+  assert metrics == {}
+  # Without the filter, row 1 keeps its tokens and its KL 3 * 0.2 = 0.6: r = [0.85, -0.3], A = [1, -1] still,
+  # but the mask is untouched.
+  out, _ = grpo.prepare_batch(batch, rollout, num_generations=2, advantage="dr_grpo", beta=0.5, kl_in_reward=True,
+                              filter_truncated=False)
+  np.testing.assert_array_equal(out["loss_mask"], np.ones((2, 3)))
+  np.testing.assert_allclose(out["advantages"], [0.575, -0.575], atol=1e-6)  # (0.85 + 0.3) / 2 = 0.575.
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce_pp"])
+def test_prepare_batch_padding_groups_change_nothing(advantage):
+  """Dynamic sampling pads the batch with empty groups (valid 0). The real rows' advantages must equal
+  those of the unpadded batch (reinforce_pp normalises over the whole batch: padding must not enter its
+  mean and std), and padding rows get 0."""
+  rewards = [1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 2.0, 2.0]
+  kwargs = dict(num_generations=4, advantage=advantage, beta=0.0, kl_in_reward=False, filter_truncated=False)
+  plain, _ = grpo.prepare_batch(*_rollout_rows(rewards, [1] * 8, [0] * 8), **kwargs)
+  padded, _ = grpo.prepare_batch(*_rollout_rows(rewards + [5.0, 0.0, 0.0, 0.0], [1] * 8 + [0] * 4, [0] * 12),
+                                 **kwargs)
+  np.testing.assert_allclose(padded["advantages"][:8], plain["advantages"], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(padded["advantages"][8:], 0.0)

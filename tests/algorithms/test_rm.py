@@ -38,7 +38,7 @@ def test_loss_fn_on_tiny_model():
   seg[0, :, :4], seg[1, 0, :5], seg[1, 1, :3] = 1, 1, 1
   batch = {"inputs": np.ones((3, 2, t), np.int32), "positions": np.broadcast_to(np.arange(t), (3, 2, t)),
            "segment_ids": seg, "loss_mask": seg, "margin": np.zeros(3, np.float32)}
-  loss_sum, m = jax.jit(rm.make_loss_fn(graphdef, center_coef=0.1))(params, batch)
+  loss_sum, m = jax.jit(rm.make_loss_fn(graphdef, center_coef=0.1)[0])(params, batch)
   n = float(rm.normalizer(batch))
   assert n == 2.0
   np.testing.assert_allclose(float(loss_sum) / n, np.log(2) + 0.1, rtol=1e-6)

@@ -4,7 +4,7 @@ import pytest
 
 from jaxpost import rewards
 from jaxpost.config import ConfigError, base_config
-from jaxpost.loops import rollouts
+from jaxpost import rollout
 from jaxpost.rewards import provenance
 from jaxpost.sampling import SampleOutput
 
@@ -59,7 +59,7 @@ def test_rollouts_score_passes_the_budget_hits():
   lengths = np.array([len(t) + (reason == "stop") for t, reason in zip(texts, reasons)], np.int32)
   out = SampleOutput(tokens, lengths, reasons, np.zeros(tokens.shape, np.float32))
   config = base_config()
-  source = rollouts.Rollouts(config.rl, 0, _CharTokenizer(), None, [], None, {}, rewards.combine("math"))
+  source = rollout.Rollouts(config.rl, 0, _CharTokenizer(), None, [], None, {}, rewards.combine("math"))
   scores, metrics = source.score(out, [{"record": RECORD}], num_samples=5)
   np.testing.assert_allclose(scores, [1, 1, 1, 0, 1])
   assert metrics["reward/truncated"] == 2 and metrics["reward/truncated_rewarded"] == 1
@@ -76,7 +76,7 @@ def test_bad_reward_mode_is_a_config_error():
   config.rl.reward_fns = "math:strict,format"
   with pytest.raises(ConfigError, match=r"^config\.rl\.reward_fns='math:strict,format': unknown mode 'strict' of "
                                         r"reward 'math': its modes are \['anchored'"):
-    rollouts.Rollouts.from_config(config, None, None)
+    rollout.Rollouts.from_config(config, None, None)
 
 
 def test_pass_at_k_without_a_verifier_is_a_config_error():
@@ -85,4 +85,4 @@ def test_pass_at_k_without_a_verifier_is_a_config_error():
   config.rl.pass_k, config.rl.reward_fns = 4, "format,math:0"
   with pytest.raises(ConfigError, match=r"^config\.rl\.pass_k=4: pass@k counts correct samples, and none of "
                                         r"config\.rl\.reward_fns='format,math:0' is a verifier"):
-    rollouts.Rollouts.from_config(config, None, None)
+    rollout.Rollouts.from_config(config, None, None)
