@@ -57,11 +57,9 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(hd, **norm)
     lora.add_adapters(self, cfg, lora.ATTENTION_WEIGHTS, rngs)
 
-  def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
-    """x (B, T, D) -> (B, T, D); with a cache -> ((B, T, D), (k, v) stacks with this layer's T columns written).
-
-    With a cache, T > 1 is a prefill into an empty cache (the new tokens attend only to each other)
-    and T == 1 a decode step (the query attends to the cached columns `cache.visible`)."""
+  def qkv(self, x, positions):
+    """x (B, T, D) at positions (B, T) -> q (B, T, H, hd), k, v (B, T, K, hd): the projections (and LoRA
+    adapters), q/k/v bias, q/k RMSNorm and this layer's RoPE. Shared by every cache layout."""
     cfg, dt = self.cfg, x.dtype
     b, t, d = x.shape
     x2 = x.reshape(b * t, d)  # 2-D GEMMs lower best on every backend.
@@ -74,7 +72,21 @@ class Attention(nnx.Module):
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = rope_inv_frequencies(cfg.head_dim, self.rope_theta, self.rope_scaling)
-    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+  def output(self, out):
+    """Attention output (B, T, H, hd) -> (B, T, D) through the o projection."""
+    b, t = out.shape[:2]
+    return lora.project(self, "o", out.reshape(b * t, -1), 2, self.cfg.lora_scale).reshape(b, t, -1)
+
+  def __call__(self, x, positions, segment_ids, cache: kv_cache.LayerCache | None = None):
+    """x (B, T, D) -> (B, T, D); with a cache -> ((B, T, D), (k, v) stacks with this layer's T columns written).
+
+    With a cache, T > 1 is a prefill into an empty cache (the new tokens attend only to each other)
+    and T == 1 a decode step (the query attends to the cached columns `cache.visible`)."""
+    cfg = self.cfg
+    b, t, _ = x.shape
+    q, k, v = self.qkv(x, positions)
     options = dict(sliding_window=self.sliding_window, logit_softcap=cfg.attn_logit_softcap or None,
                    sm_scale=cfg.attention_scale)
     if cache is not None:
@@ -91,8 +103,7 @@ class Attention(nnx.Module):
       out = attention_lib.xla_attention(q, keys, values, causal=False,
                                         q_segment_ids=jnp.ones((b, 1), jnp.int32),
                                         kv_segment_ids=visible.astype(jnp.int32), **options)  # (B, 1, H, hd)
-    out = lora.project(self, "o", out.reshape(b * t, -1), 2, s)  # (B*T, D)
-    out = out.reshape(b, t, d)
+    out = self.output(out)  # (B, T, D)
     return out if cache is None else (out, (k_all, v_all))
 
 

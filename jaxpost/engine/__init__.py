@@ -1,0 +1,11 @@
+"""Rollout engine v2: continuous batching over a paged KV cache (issue 21; not yet used by the loops).
+
+  pages.py            host-side page pool (free list, refcounts) and per-slot page tables
+  paged_attention.py  XLA attention of a query block over a slot's pages
+  forward.py          the Transformer's forward over a paged cache, from its own submodules
+  engine.py           requests -> slots -> completed samples (EngineConfig, Request, Completion, Engine)
+"""
+from jaxpost.engine.engine import Completion, Engine, EngineConfig, Request
+from jaxpost.engine.pages import PagePool, PageTables, PoolTooSmallError
+
+__all__ = ["Completion", "Engine", "EngineConfig", "PagePool", "PageTables", "PoolTooSmallError", "Request"]
