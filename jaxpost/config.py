@@ -13,7 +13,6 @@ from jaxpost.algorithms import registry
 from jaxpost.mesh import MESH_AXES, mesh_shape
 from jaxpost.models import lora as lora_lib
 
-ALGORITHMS = tuple(registry.ALGORITHMS)
 MODEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 LOGPROB_IMPLS = ("auto", "naive", "chunked", "pallas")

@@ -7,6 +7,7 @@ import pytest
 
 from jaxpost import config as config_lib
 from jaxpost import mesh as mesh_lib
+from jaxpost.algorithms import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +86,7 @@ def _cli(*args):
     ("--config.train.stpes=3", "error: --config.train.stpes: config.train.stpes does not exist (did you mean train.steps?)"),
     ("--config.trian.steps=3", "error: --config.trian.steps: config.trian does not exist (did you mean train?)"),
     ("--config.train.steps=-3", "error: config.train.steps: must be > 0, got -3"),
-    ("--config.algorithm=rlhf", f"error: config.algorithm: 'rlhf' is not one of {', '.join(config_lib.ALGORITHMS)}"),
+    ("--config.algorithm=rlhf", f"error: config.algorithm: 'rlhf' is not one of {', '.join(registry.ALGORITHMS)}"),
     ("--config.mesh.data=3", "error: config.mesh: mesh (data=3, fsdp=1, tensor=1) has 3 devices, but 1 are present"),
 ])
 def test_command_line_errors_are_one_line(override, expected):

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxpost import logprobs as logprobs_lib
 from jaxpost.algorithms import kl as kl_lib
+from jaxpost.algorithms import base
 from jaxpost.algorithms.base import Algorithm
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,7 +357,7 @@ def keep_groups(config, rewards: np.ndarray) -> np.ndarray:
   """rewards (P, G) -> keep (P,) bool: the informative groups under rl.dynamic_sampling, else all."""
   if config.rl.dynamic_sampling:
     return informative_groups(rewards)
-  return np.ones(rewards.shape[0], bool)
+  return base.keep_all_groups(config, rewards)
 
 
 def shape_rewards(config, rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
