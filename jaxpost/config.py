@@ -125,13 +125,21 @@ def rl_config() -> ml_collections.ConfigDict:
   c.reward_fns = "exact_match"  # Comma-separated names or "pkg.module:fn", each optionally "=weight".
   c.reward_timeout_s = 10.0     # A reward call past this scores 0 (counted).
   c.dynamic_sampling = False    # Drop groups whose rewards are all equal (DAPO) and refill.
-  c.max_refills = 4             # Extra rollout batches tried per step to refill dropped groups.
+  c.max_refills = 4             # Dropped groups are replaced with up to max_refills * prompts_per_step more prompts.
   c.overlong = "none"           # none | filter (no loss on truncated rows) | soft (DAPO length penalty).
   c.overlong_buffer = 4         # Soft penalty ramps over the last this-many tokens of the budget.
   c.eval_prompts = 200          # Held-out prompts per evaluation (greedy accuracy).
   c.pass_k = 0                  # Also report pass@k with k samples at `temperature` (0 = off).
-  c.cuda_graphs = False         # Compile the sampler with sampling.CUDA_GRAPHS (decode loop as one CUDA graph;
-                                # XLA:GPU only, other backends ignore it). Same samples; off until timed.
+  c.sampler = "engine"          # engine (jaxpost/engine: continuous batching over a paged KV cache; refills go in
+                                # as requests) | static (sampling.generate: one padded batch per round; measured
+                                # faster only on equal-length small batches, see scripts/bench_generate.py).
+  c.engine = ml_collections.ConfigDict()
+  c.engine.num_slots = 0        # Samples decoded at once (0 = prompts_per_step * num_generations).
+  c.engine.num_pages = 0        # KV pool pages (0 = every slot's worst case, max_prompt_len + max_new_tokens).
+  c.engine.page_size = 16       # Tokens per KV page.
+  c.engine.steps_per_check = 8  # Decode steps per jitted call between host checks (finished samples, refills).
+  c.cuda_graphs = False         # Compile the static sampler with sampling.CUDA_GRAPHS (decode loop as one CUDA
+                                # graph; XLA:GPU only, other backends ignore it). Same samples; off until timed.
   return c
 
 
@@ -308,6 +316,13 @@ def _validate_rl(config) -> None:
   mb = r.minibatch_size or rows
   _check(rows % mb == 0, "rl.minibatch_size", f"{mb} does not divide the rollout batch of {rows} rows")
   _check(r.max_refills >= 0, "rl.max_refills", f"must be >= 0, got {r.max_refills}")
+  _choice(config, "rl.sampler", ("engine", "static"))
+  for key in ("num_slots", "num_pages"):
+    _check(r.engine[key] >= 0, f"rl.engine.{key}", f"must be >= 0 (0 = automatic), got {r.engine[key]}")
+  for key in ("page_size", "steps_per_check"):
+    _check(r.engine[key] > 0, f"rl.engine.{key}", f"must be > 0, got {r.engine[key]}")
+  _check(not (r.cuda_graphs and r.sampler == "engine"), "rl.cuda_graphs",
+         "applies to the static sampler; set rl.sampler=static with it")
   _check(r.beta >= 0, "rl.beta", f"must be >= 0, got {r.beta}")
   _check(r.temperature > 0, "rl.temperature",
          f"must be > 0, got {r.temperature}: rollouts sample the policy at this temperature and the loss "

@@ -1,4 +1,4 @@
-"""Sample from a trained model, streaming the reply to the terminal.
+"""Sample from a trained model with the rollout engine (jaxpost/engine), streaming the reply to the terminal.
 
   python -m jaxpost.generate --model=runs/demo/sft --config=configs/demo.py:sft --chat --prompt "What is 12+7?"
   python -m jaxpost.generate --model=runs/demo/base --prompt "12+7=" --max_new_tokens=8 --temperature=0
@@ -75,19 +75,33 @@ def encode_prompt(text: str, tokenizer, chat: bool) -> tuple[list[int], tuple[in
   return bos + tokenizer.encode(text), (() if tokenizer.eos_id is None else (tokenizer.eos_id,))
 
 
-def stream_text(graphdef, params, prompt: list[int], sampling_cfg, tokenizer, out=sys.stdout) -> list[int]:
-  """Writes the completion's text to `out` as tokens arrive (the stop token is not printed); returns the ids."""
-  from jaxpost import streaming
+def stream_text(graphdef, params, prompt: list[int], sampling_cfg, tokenizer, out=sys.stdout,
+                steps_per_check: int = 4) -> list[int]:
+  """Samples with the rollout engine (one slot, a pool sized to this prompt + budget) and writes the
+  completion's text to `out` as tokens reach the host, `steps_per_check` at a time (the stop token is not
+  printed); returns the ids."""
+  from flax import nnx
+  from jaxpost import engine
+  page_size, max_seq_len = 16, len(prompt) + sampling_cfg.max_new_tokens
+  config = engine.EngineConfig(num_slots=1, page_size=page_size, num_pages=-(-max_seq_len // page_size),
+                               max_seq_len=max_seq_len, steps_per_check=steps_per_check)
+  sampler = engine.Engine(graphdef, nnx.merge(graphdef, params).cfg, config)
+  request = engine.Request(prompt=prompt, max_new_tokens=sampling_cfg.max_new_tokens,
+                           stop_token_ids=sampling_cfg.stop_token_ids, seed=sampling_cfg.seed)
   ids, printed = [], ""
-  for token in streaming.stream(graphdef, params, prompt, sampling_cfg):
-    ids.append(token)
-    if token in sampling_cfg.stop_token_ids:
-      break
-    text = tokenizer.decode(ids)  # Whole-prefix decode: pieces alone lose spaces and split characters.
+
+  def show(request_index, sample, tokens):
+    nonlocal printed
+    ids.extend(tokens)
+    # Whole-prefix decode: pieces alone lose spaces and split characters.
+    text = tokenizer.decode([t for t in ids if t not in sampling_cfg.stop_token_ids])
     if text.startswith(printed):
       out.write(text[len(printed):])
       out.flush()
       printed = text
+
+  for _ in sampler.stream(params, [request], sampling_cfg, on_tokens=show):
+    pass
   return ids
 
 

@@ -1,6 +1,11 @@
 """Rollouts of an online run: prompts dealt in a checkpointable order, sampling with the live params,
 host-side rewards, held-out greedy accuracy, and the training rows built from the samples.
 
+Sampling goes through the rollout engine (jaxpost/engine, rl.sampler = engine): one request per prompt
+(G samples, its own seed), groups judged as they complete, and a rejected group replaced by a fresh
+prompt's request while the others still decode; or through the static sampler (rl.sampler = static,
+`sampling.generate`), rounds of one padded batch of P prompts.
+
 Row r = prompt (P_r tokens) + completion (C_r tokens, its stop token included), right-padded to T:
   inputs = row[:-1], targets = row[1:], loss_mask = 1 where the target is a completion token.
 `old_logps` sit on the same positions: the sampler's log-prob of completion token j lands at column
@@ -8,10 +13,13 @@ P_r - 1 + j (the column whose target it is).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import math
 
 import numpy as np
 
+from jaxpost import engine as engine_lib
 from jaxpost import rewards as rewards_lib
 from jaxpost import sampling as sampling_lib
 from jaxpost.config import ConfigError
@@ -31,6 +39,7 @@ class Rollouts:
   prompt_stats: dict
   reward_fns: object
   sampling: sampling_lib.SamplingConfig | None = None  # rl's sampler settings, built once (sample() varies G, T, seed).
+  engine: engine_lib.Engine | None = None  # Built on first use under rl.sampler = engine (its page pool persists).
 
   def __post_init__(self):
     if self.sampling is None:
@@ -82,9 +91,87 @@ class Rollouts:
     rl.temperature) -> sampling.SampleOutput."""
     cfg = dataclasses.replace(self.sampling, seed=seed, num_samples=num_samples or self.sampling.num_samples,
                               temperature=self.sampling.temperature if temperature is None else temperature)
-    return sampling_lib.generate(self.graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
-                                 pad_id=self.tokenizer.pad_id or 0,
-                                 compiler_options=sampling_lib.CUDA_GRAPHS if self.rl.cuda_graphs else ())
+    if self.rl.sampler == "static":
+      return sampling_lib.generate(self.graphdef, params, [p["tokens"] for p in batch_prompts], cfg,
+                                   pad_id=self.tokenizer.pad_id or 0,
+                                   compiler_options=sampling_lib.CUDA_GRAPHS if self.rl.cuda_graphs else ())
+    requests = [self._request(p, seed, k, cfg.num_samples) for k, p in enumerate(batch_prompts)]
+    done = self._engine(params).generate(params, requests, cfg)
+    return sample_output(done, cfg.max_new_tokens, self.tokenizer.pad_id or 0)
+
+  def collect(self, params, loop_state: dict, *, seed: int, judge) -> tuple[list["Group"], dict]:
+    """Groups of G samples until rl.prompts_per_step (P) are kept or rl.max_refills * P more prompts are spent
+    (the engine: replacements as requests; static: whole rounds of P). May return more than P kept groups.
+
+    judge(prompts, out) -> (keep (k,) bool, rewards (k*G,), metrics) scores k complete groups at once (out:
+    their rows, G per prompt, in order); each rejected group's prompt is replaced by the next prompt.
+    Returns (every judged Group, kept or not, in the order judged; the judge's metrics over all its rows)."""
+    rl = self.rl
+    g, want, spare = rl.num_generations, rl.prompts_per_step, rl.max_refills * rl.prompts_per_step
+    judged, parts = [], []
+
+    def judge_groups(prompts, out) -> None:
+      """Judges len(prompts) groups (out: their rows, G per prompt)."""
+      keep, rewards, metrics = judge(prompts, out)
+      parts.append((len(prompts) * g, metrics))
+      for p, prompt in enumerate(prompts):
+        rows = slice(p * g, (p + 1) * g)
+        judged.append(Group(prompt, sampling_lib.SampleOutput(out.tokens[rows], out.lengths[rows],
+                                                              out.finish_reasons[rows], out.logps[rows]),
+                            bool(keep[p]), np.asarray(rewards[rows])))
+
+    if rl.sampler == "static":  # Rounds of P fresh prompts (one batch shape, one compile) while groups miss.
+      for round_ in range(rl.max_refills + 1):
+        prompts = self.next_prompts(want, loop_state)
+        judge_groups(prompts, self.sample(params, prompts, seed=seed + round_))
+        if sum(x.keep for x in judged) >= want:
+          break
+      return judged, merge_metrics(parts)
+    prompts = self.next_prompts(want, loop_state)
+    requests = [self._request(p, seed, k, g) for k, p in enumerate(prompts)]
+    samples = collections.defaultdict(list)
+    for finished in self._engine(params).stream_chunks(params, requests, self.sampling):
+      complete = []  # Requests whose G samples are all done at this check.
+      for c in finished:
+        samples[c.request].append(c)
+        if len(samples[c.request]) == g:
+          complete.append(c.request)
+      if not complete:
+        continue
+      done = [x for r in complete for x in sorted(samples.pop(r), key=lambda x: x.sample)]
+      judge_groups([prompts[r] for r in complete], sample_output(done, rl.max_new_tokens, self.tokenizer.pad_id or 0))
+      kept = sum(x.keep for x in judged)
+      if kept >= want:
+        break  # Enough: the requests still running are dropped (the engine frees their pages).
+      # Replacements join the running engine as new requests: enough in flight to fill the missing groups
+      # at the keep rate seen so far this step (so a step takes few rounds), within the spare prompts.
+      in_flight = len(requests) - len(judged)
+      target = math.ceil((want - kept) / max(kept / len(judged), 0.1))
+      for _ in range(min(max(target - in_flight, 0), spare)):
+        spare -= 1
+        prompts += self.next_prompts(1, loop_state)
+        requests.append(self._request(prompts[-1], seed, len(requests), g))
+    return judged, merge_metrics(parts)
+
+  def _request(self, prompt: dict, seed: int, k: int, num_samples: int) -> engine_lib.Request:
+    """The engine request of the k-th prompt drawn under `seed`: its own seed, hashed from (seed, k)."""
+    request_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0] % 2 ** 31)
+    return engine_lib.Request(prompt=prompt["tokens"], num_samples=num_samples, max_new_tokens=self.rl.max_new_tokens,
+                              stop_token_ids=self.stop_ids, seed=request_seed)
+
+  def _engine(self, params) -> engine_lib.Engine:
+    """The rollout engine, built on first use: rl.engine's slots and pages (0 = automatic, see config.py)."""
+    if self.engine is None:
+      from flax import nnx
+      rl, e = self.rl, self.rl.engine
+      slots = e.num_slots or rl.prompts_per_step * rl.num_generations
+      max_seq_len = rl.max_prompt_len + rl.max_new_tokens
+      pages = e.num_pages or slots * -(-(max_seq_len - 1) // e.page_size)
+      config = engine_lib.EngineConfig(num_slots=slots, page_size=e.page_size, num_pages=pages,
+                                       max_seq_len=max_seq_len,
+                                       steps_per_check=min(e.steps_per_check, rl.max_new_tokens))
+      self.engine = engine_lib.Engine(self.graphdef, nnx.merge(self.graphdef, params).cfg, config)
+    return self.engine
 
   def score(self, out, batch_prompts, num_samples: int):
     """(rewards (R,) f32, reward metrics) of sampled rows (see `score_rows`)."""
@@ -115,6 +202,39 @@ class Rollouts:
       _, _, correct = self.score_rows(out, self.eval_prompts, rl.pass_k)
       result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean(correct.reshape(-1, rl.pass_k).any(axis=1)))
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """One prompt's G samples as judged: out holds its G rows; rewards (G,) as the judge shaped them."""
+  prompt: dict
+  out: sampling_lib.SampleOutput
+  keep: bool
+  rewards: np.ndarray
+
+
+def sample_output(completions, max_new_tokens: int, pad_id: int) -> sampling_lib.SampleOutput:
+  """Engine completions, in row order -> the static sampler's SampleOutput (tokens and logps padded to N)."""
+  tokens = np.full((len(completions), max_new_tokens), pad_id, np.int32)
+  logps = np.zeros((len(completions), max_new_tokens), np.float32)
+  for r, c in enumerate(completions):
+    tokens[r, :len(c.tokens)], logps[r, :len(c.tokens)] = c.tokens, c.logps
+  return sampling_lib.SampleOutput(tokens=tokens, lengths=np.array([len(c.tokens) for c in completions], np.int32),
+                                   finish_reasons=[c.finish_reason for c in completions], logps=logps)
+
+
+def merge_metrics(parts: list[tuple[int, dict]]) -> dict:
+  """Reward metrics of several scoring calls [(rows, metrics)] as one call over all their rows would give
+  them: counts (ints) add up, rates and means (floats) average weighted by rows."""
+  total = sum(n for n, _ in parts)
+  out = {}
+  for key in dict.fromkeys(k for _, m in parts for k in m):
+    values = [(n, m[key]) for n, m in parts if key in m]
+    if all(isinstance(v, (int, np.integer)) for _, v in values):
+      out[key] = int(sum(v for _, v in values))
+    else:
+      out[key] = float(sum(n * v for n, v in values) / max(sum(n for n, _ in values), 1)) if total else 0.0
+  return out
 
 
 def rollout_batch(prompts: list[list[int]], completions: list[list[int]], sample_logps: np.ndarray | None, *,

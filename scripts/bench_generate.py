@@ -5,6 +5,18 @@
     python scripts/bench_generate.py --no_hf --graphs  # each batch also with the decode loop as a CUDA graph
     python scripts/bench_generate.py --batches 1 --no_hf --profile /tmp/prof  # where a decode step's time goes
     python scripts/bench_generate.py --small    # CPU smoke run on a tiny model
+    python scripts/bench_generate.py --heavy_tail --small   # engine v2 vs static batches, RL-like budgets
+
+--heavy_tail (issue 21): requests with lognormal budgets (median 64, sigma 1, capped at 512; prompts 8-32
+tokens; fixed seed) at 32 and 256 slots, through the continuous-batching paged engine (jaxpost/engine) and
+through today's static batches (`sampling.generate`, `slots` requests per batch, each batch decoding to its
+longest budget). Reports useful tokens/s, occupancy (useful tokens / decode row-steps computed: the static
+batch's rows x its longest budget; the engine's decode rows, live samples in a power-of-two bucket, x
+steps, plus its prefill rows) and KV memory
+(tokens of cache allocated: the static batch's rows x longest sequence vs the engine's page pool, sized to
+--pool_fraction of the static cache). `occupancy` counts the whole run, the drain included (the last long
+samples decoding with few slots busy); `queued occ` only the decode chunks that began with samples still
+waiting for a slot, i.e. how full continuous batching keeps the slots while there is work. Each engine runs the workload once to compile, then once timed.
 
 Each batch row gets a 128-token prompt and samples exactly 128 new tokens (temperature 1, no stop
 token). tokens/s = B * N / (prefill + decode time). The roofline is for decode: each step must read
@@ -15,14 +27,18 @@ compute-bound and the fraction falls for that reason, not only for waste. HF row
 transformers, same shape, random weights, bf16, sdpa attention) run only when both import.
 """
 import argparse
+import dataclasses
+import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxpost import sampling, state, streaming
+from jaxpost import engine as engine_lib
+from jaxpost import sampling, state
 from jaxpost.models import ModelConfig
 from engines import engines  # scripts/engines.py
 from profile_summary import summarize  # scripts/profile_summary.py
@@ -48,6 +64,13 @@ def _prompts(cfg: ModelConfig, batch: int, prompt_len: int) -> list[list[int]]:
   return np.random.default_rng(0).integers(3, cfg.vocab_size, size=(batch, prompt_len)).tolist()
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
+def _prefill_jit(graphdef, params, tokens, segment_ids, *, max_len):
+  """The static sampler's prefill jitted alone: prompts (B, P) -> (next-token logits, cache of max_len)."""
+  positions = sampling._positions(segment_ids)  # noqa: SLF001
+  return sampling._prefill(nnx.merge(graphdef, params), tokens, segment_ids, positions, max_len)  # noqa: SLF001
+
+
 def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: int, new: int, iters: int,
                   compiler_options: tuple = ()):
   prompts = _prompts(cfg, batch, prompt_len)
@@ -63,8 +86,7 @@ def bench_jaxpost(cfg: ModelConfig, params, graphdef, batch: int, prompt_len: in
   max_len = tokens.shape[1] + new
 
   def prefill():
-    # The sampler's prefill jitted alone (the CLI's streaming loop has it as a step of its own).
-    jax.block_until_ready(streaming._prefill_jit(graphdef, params, tokens, segment_ids, max_len=max_len))  # noqa: SLF001
+    jax.block_until_ready(_prefill_jit(graphdef, params, tokens, segment_ids, max_len=max_len))
 
   total = _median_time(run, iters)
   return total, _median_time(prefill, iters)
@@ -117,6 +139,80 @@ def lora_variants(cfg: ModelConfig, mesh, params, rank: int) -> dict:
   return {"lora separate": (graphdef, full), "lora merged": (plain_graphdef, jax.jit(lambda p: lora.merged(p, lcfg))(full))}
 
 
+def heavy_tail_workload(cfg: ModelConfig, num_requests: int, seed: int = 0):
+  """(prompts, budgets): prompts of 8-32 random tokens, budgets lognormal (median 64, sigma 1) in [1, 512]."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(8, 33, size=num_requests)
+  prompts = [rng.integers(3, cfg.vocab_size, size=n).tolist() for n in lengths]
+  budgets = np.clip(np.round(rng.lognormal(np.log(64.0), 1.0, size=num_requests)), 1, 512).astype(int)
+  return prompts, budgets.tolist()
+
+
+def bench_heavy_tail(cfg, graphdef, params, slots: int, num_requests: int, pool_fraction: float,
+                     steps_per_check: int):
+  """Rows (engine, slots, tokens/s, occupancy, KV tokens, seconds) for the static batches and engine v2."""
+  prompts, budgets = heavy_tail_workload(cfg, num_requests)
+  useful = sum(budgets)
+  cfg_sampled = sampling.SamplingConfig(temperature=1.0)
+
+  def static():
+    slot_steps, kv = 0, 0
+    for i in range(0, num_requests, slots):
+      batch, n = prompts[i:i + slots], max(budgets[i:i + slots])
+      out = sampling.generate(graphdef, params, batch, dataclasses.replace(cfg_sampled, max_new_tokens=n, seed=i))
+      assert (out.lengths == n).all()  # No stop ids: every row decodes to the batch's longest budget.
+      width = -(-max(map(len, batch)) // sampling.PROMPT_BUCKET) * sampling.PROMPT_BUCKET
+      slot_steps += max(len(batch), sampling.MIN_MODEL_ROWS) * n
+      kv = max(kv, max(len(batch), sampling.MIN_MODEL_ROWS) * (width + n))
+    return slot_steps, kv
+
+  max_len = 32 + 512
+  static_kv = slots * (-(-32 // sampling.PROMPT_BUCKET) * sampling.PROMPT_BUCKET + 512)
+  page_size = 16
+  config = engine_lib.EngineConfig(num_slots=slots, page_size=page_size, max_seq_len=max_len,
+                                   num_pages=int(pool_fraction * static_kv) // page_size,
+                                   steps_per_check=steps_per_check, prefill_bucket=16)
+  engine = engine_lib.Engine(graphdef, cfg, config)
+  requests = [engine_lib.Request(prompt=p, max_new_tokens=n, seed=i) for i, (p, n) in enumerate(zip(prompts, budgets))]
+
+  def paged():
+    out = engine.generate(params, requests, cfg_sampled)
+    assert [len(c.tokens) for c in out] == budgets
+
+  rows = []
+  for name, fn in (("static", static), ("engine", paged)):
+    fn()  # compile (every batch shape) + warm-up
+    engine.stats = dict.fromkeys(engine.stats, 0)
+    t0 = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - t0
+    if name == "static":
+      slot_steps, kv = result
+    else:
+      s = engine.stats
+      slot_steps, kv = s["decode_rows"] * steps_per_check + s["prefill_rows"], config.num_pages * page_size
+    steady = float("nan")
+    if name == "engine":
+      steady = s["queued_decode_tokens"] / max(s["queued_decode_rows"] * steps_per_check, 1)
+    rows.append((name, slots, useful / seconds, useful / slot_steps, steady, kv, seconds))
+    print_heavy_row(rows[-1])
+  print(f"  engine peak pages {engine.peak_pages} of {config.num_pages} ({engine.peak_pages * page_size} tokens); "
+        f"prefill calls {engine.stats['prefill_calls']} for {engine.stats['prefill_rows']} rows", flush=True)
+  return rows
+
+
+HEAVY_HEADER = ("engine", "slots", "tokens/s", "occupancy", "queued occ", "KV tokens", "seconds")
+
+
+def print_heavy_row(row) -> None:
+  if row is None:
+    print(" | ".join(f"{h:>10}" for h in HEAVY_HEADER), flush=True)
+    return
+  engine, slots, tps, occ, steady, kv, seconds = row
+  print(" | ".join([f"{engine:>10}", f"{slots:>10d}", f"{tps:>10.1f}", f"{occ:>10.1%}", f"{steady:>10.1%}", f"{kv:>10d}",
+                    f"{seconds:>10.2f}"]), flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--small", action="store_true", help="tiny model, CPU-sized batches")
@@ -134,6 +230,13 @@ def main():
   parser.add_argument("--lora_rank", type=int, default=0,
                       help="also time LoRA adapters on every projection: as separate (x A) B matmuls "
                            "(what the sampler does) vs merged into the weights beforehand")
+  parser.add_argument("--heavy_tail", action="store_true",
+                      help="engine v2 vs static batches on heavy-tailed budgets (see the module docstring)")
+  parser.add_argument("--slots", default="32,256", help="--heavy_tail: decode slots (= static batch size)")
+  parser.add_argument("--requests", type=int, default=0, help="--heavy_tail: requests (default 8 x slots)")
+  parser.add_argument("--pool_fraction", type=float, default=0.5,
+                      help="--heavy_tail: the engine's page pool as a fraction of the static cache")
+  parser.add_argument("--steps_per_check", type=int, default=16, help="--heavy_tail: decode steps per host check")
   args = parser.parse_args()
 
   shape = SMALL if args.small else LLAMA_1B
@@ -145,6 +248,22 @@ def main():
                        devices=jax.devices()[:1])
   graphdef, _, _ = state.abstract_model(cfg)
   params = state.init_params(cfg, mesh, seed=0)
+  if args.heavy_tail:
+    print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; model: {cfg.num_params() / 1e6:.1f}M "
+          f"params ({cfg.param_dtype}); heavy-tailed budgets", flush=True)
+    rows = []
+    for slots in [int(x) for x in args.slots.split(",")]:
+      print_heavy_row(None)
+      rows += bench_heavy_tail(cfg, graphdef, params, slots, args.requests or 8 * slots, args.pool_fraction,
+                               args.steps_per_check)
+    print("summary:")
+    print_heavy_row(None)
+    for row in rows:
+      print_heavy_row(row)
+    for slots in sorted({r[1] for r in rows}):
+      static, paged = [r for r in rows if r[1] == slots]
+      print(f"slots {slots}: engine/static tokens/s {paged[2] / static[2]:.2f}x, KV {paged[5] / static[5]:.2f}x")
+    return
   bandwidth = copy_bandwidth((64 << 20) if args.small else (2 << 30))
   print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; model: {cfg.num_params() / 1e6:.1f}M params "
         f"({cfg.param_dtype}); prompt {prompt_len} + {new} new tokens; copy bandwidth {bandwidth / 1e9:.0f} GB/s",

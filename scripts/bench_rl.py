@@ -11,7 +11,10 @@ Rewards are random (host work is not what this measures). Prints rollout and tra
 tokens/s (sampled completion tokens / iteration time), and `rollout_x_roofline`: rollout time (prefill,
 decode and the copy to the host) over the ideal decode time of its P*G rows (scripts/roofline.py; the
 #11 goal is <= 2). `--graphs` then repeats the iterations with the sampler compiled with
-sampling.CUDA_GRAPHS (one result line per engine).
+sampling.CUDA_GRAPHS, and every run ends with the rollout engine (jaxpost/engine, `engine=paged`: one
+request of G samples per prompt, P*G slots, the online loop's default) in its place (one result line per
+engine). Random weights rarely stop early, so this is the equal-length case; `bench_generate.py
+--heavy_tail` measures the heavy-tailed one.
 
 Memory (defaults: 32-row minibatches, remat none, layers unrolled): the script used to update on all 256
 rows x 767 tokens at once. bench_train's 1.24B step held ~33 GB of activations for 16k tokens on an H100;
@@ -26,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from jaxpost import engine as engine_lib
 from jaxpost import mesh as mesh_lib, optim, rollout, sampling, state as state_lib, step as step_lib
 from jaxpost.algorithms import grpo
 from jaxpost.config import REMAT_POLICIES, base_config
@@ -80,12 +84,21 @@ def main():
           f"{cfg.num_params() / 1e6:.1f}M params; {p} prompts x {g} samples, prompt {prompt_len} + {new} new "
           f"tokens; {p * g // minibatch} updates of {minibatch} rows (remat {cfg.remat}, scan {cfg.scan_layers}); "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; decode roofline {ideal_s:.3f} s", flush=True)
-    for engine, options in engines(args.graphs):  # One process: the train step compiles once.
+    paged = engine_lib.Engine(graphdef, cfg, engine_lib.EngineConfig(
+        num_slots=p * g, page_size=16, num_pages=p * g * -(-(prompt_len + new - 1) // 16),
+        max_seq_len=prompt_len + new, steps_per_check=16, prefill_bucket=64))
+    for engine, options in engines(args.graphs) + [("paged", None)]:  # One process: the train step compiles once.
       times = []
       for it in range(args.iters + 1):
         t0 = time.perf_counter()
-        out = sampling.generate(graphdef, train_state["params"], prompts, sampling.SamplingConfig(
-            max_new_tokens=new, temperature=1.0, num_samples=g, seed=it), compiler_options=options)
+        if engine == "paged":
+          requests = [engine_lib.Request(prompt=x, num_samples=g, max_new_tokens=new, seed=it * p + k)
+                      for k, x in enumerate(prompts)]
+          out = rollout.sample_output(paged.generate(train_state["params"], requests,
+                                                     sampling.SamplingConfig(temperature=1.0)), new, 0)
+        else:
+          out = sampling.generate(graphdef, train_state["params"], prompts, sampling.SamplingConfig(
+              max_new_tokens=new, temperature=1.0, num_samples=g, seed=it), compiler_options=options)
         t1 = time.perf_counter()
         batch = rollout.rollout_batch(prompts, out.completions(), out.logps, num_samples=g,
                                       seq_len=prompt_len + new - 1)

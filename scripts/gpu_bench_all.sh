@@ -5,6 +5,8 @@
 # Owed as of 2026-11-26, in order of value (two calls of <= 600 s; the device budget is 900 s in all):
 #   `generate attention_packed` (~450 s), then `train_packed rl` (~510 s); if time runs short, drop
 #   attention_packed (train_packed's two variants must show equal losses, which checks the packed path).
+#   Owed since 2026-12-07 (issue 21): `generate_heavy` (~300 s; the rollout engine vs static batches on
+#   heavy-tailed budgets at 32 and 256 slots) and `rl`, whose last line is now the paged engine.
 # Each benchmark has its own time limit and writes its table to ${OUT:-/tmp/jaxpost-bench}/NAME.txt.
 # `--profile` runs print a device-time summary (scripts/profile_summary.py); the traces stay in /tmp.
 # Budget: on a fresh H100 (2026-11-26) each Python process needed 60-90 s (JAX start-up, 1.24B param
@@ -40,6 +42,7 @@ for what in "$@"; do
     sweep) run sweep 420 python3 scripts/bench_train.py --no-hf --sweep --time_budget_s 400 --json "$out/train.jsonl" ;;
     generate) run generate 300 python3 scripts/bench_generate.py --batches 1,256 --graphs --hf_batches 1 --iters 2 \
       --profile /tmp/jaxpost-prof/generate ;;  # 2 sampler compiles a batch; add --hlo FILE for the program
-    rl) run rl 260 python3 scripts/bench_rl.py --iters 2 --graphs ;;
+    generate_heavy) run generate_heavy 300 python3 scripts/bench_generate.py --heavy_tail --slots 32,256 ;;
+    rl) run rl 320 python3 scripts/bench_rl.py --iters 2 --graphs ;;
   esac
 done

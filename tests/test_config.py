@@ -60,6 +60,10 @@ def test_mesh_shape_resolves_minus_one():
                              r".*never packed\); leave it unset$"),
     ("dpo:dpo.beta", 0.0, r"^config\.dpo\.beta: must be > 0, got 0\.0$"),
     ("grpo:rl.dual_clip", 0.5, r"^config\.rl\.dual_clip: must be 0 \(off\) or > 1, got 0\.5$"),
+    ("rl.sampler", "vllm", r"^config\.rl\.sampler: 'vllm' is not one of engine, static$"),
+    ("rl.engine.num_pages", -1, r"^config\.rl\.engine\.num_pages: must be >= 0 \(0 = automatic\), got -1$"),
+    ("rl.engine.page_size", 0, r"^config\.rl\.engine\.page_size: must be > 0, got 0$"),
+    ("rl.cuda_graphs", True, r"^config\.rl\.cuda_graphs: applies to the static sampler; set rl\.sampler=static"),
 ])
 def test_bad_values_name_the_key(key, value, pattern):
   c = config_lib.base_config()
@@ -67,8 +71,11 @@ def test_bad_values_name_the_key(key, value, pattern):
     c.algorithm, key = key.split(":")
   elif key.startswith(("rl.", "train.batch_size")):
     c.algorithm = "grpo"
-  group, _, field = key.rpartition(".")
-  (c[group] if group else c)[field] = value
+  *groups, field = key.split(".")
+  target = c
+  for g in groups:
+    target = target[g]
+  target[field] = value
   if key == "mesh.data":
     c.mesh.fsdp = -1
   with pytest.raises(config_lib.ConfigError, match=pattern):

@@ -54,14 +54,14 @@ def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeyp
   from jaxpost import workdir as workdir_lib
   from jaxpost import rollout
   seen = []
-  sample = rollout.Rollouts.sample
+  collect = rollout.Rollouts.collect
 
-  def counting_sample(self, params, *args, **kwargs):
-    if len(seen) < len(runs):  # First rollout of this run.
+  def counting_collect(self, params, *args, **kwargs):
+    if len(seen) < len(runs):  # First rollout of this run (before the engine allocates its page pool).
       gc.collect()
       seen.append(sum(x.nbytes for x in jax.live_arrays()))
-    return sample(self, params, *args, **kwargs)
-  monkeypatch.setattr(rollout.Rollouts, "sample", counting_sample)
+    return collect(self, params, *args, **kwargs)
+  monkeypatch.setattr(rollout.Rollouts, "collect", counting_collect)
   runs = []
   for beta in (0.0, 0.02):
     c = _toy_config(tmp_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpost import logprobs, sampling, state, streaming
+from jaxpost import logprobs, sampling, state
 from jaxpost.models import ModelConfig, Transformer
 
 CFG = ModelConfig(vocab_size=23, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
@@ -195,7 +195,7 @@ def test_rl_cuda_graphs_config_compiles_the_rollout_sampler_with_cuda_graphs():
   prompts = [{"tokens": p} for p in PROMPTS[:2]]
   for on in (False, True):
     rl = rl_config()
-    rl.max_new_tokens, rl.cuda_graphs = 3, on
+    rl.max_new_tokens, rl.cuda_graphs, rl.sampler = 3, on, "static"
     rollouts = Rollouts(rl, 0, tokenizer, graphdef, prompts, None, {}, None)
     jitted = sampling.generate_jit(sampling.CUDA_GRAPHS if on else ())
     jitted.clear_cache()
@@ -203,15 +203,16 @@ def test_rl_cuda_graphs_config_compiles_the_rollout_sampler_with_cuda_graphs():
     assert jitted._cache_size() == 1  # noqa: SLF001  (this variant's compile was the one used)
 
 
-def test_one_prompt_and_stream_yield_what_a_batch_samples():
+def test_one_prompt_samples_what_it_samples_beside_another():
   """One prompt runs the model on two rows (a shadow row, sampling.MIN_MODEL_ROWS); it must not change
-  row 0: streaming.stream's host loop (which runs the shadow row too) draws the same tokens, and greedy matches
+  row 0: the same tokens as in a batch with a second prompt of the same length, and greedy matches
   recomputation."""
   graphdef, params = _model()
   cfg = sampling.SamplingConfig(max_new_tokens=6, seed=11)
   out = sampling.generate(graphdef, params, PROMPTS[:1], cfg)
   assert out.tokens.shape == (1, 6)
-  assert list(streaming.stream(graphdef, params, PROMPTS[0], cfg)) == out.completions()[0]
+  pair = sampling.generate(graphdef, params, [PROMPTS[0], PROMPTS[0][::-1]], cfg)
+  assert pair.completions()[0] == out.completions()[0]
   greedy = sampling.greedy_generate(graphdef, params, PROMPTS[2:], max_new_tokens=6, stop_id=-1)
   assert greedy[0] == _reference_greedy(graphdef, params, PROMPTS[2], 6)
 

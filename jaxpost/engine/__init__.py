@@ -1,4 +1,4 @@
-"""Rollout engine v2: continuous batching over a paged KV cache (issue 21; not yet used by the loops).
+"""Rollout engine v2: continuous batching over a paged KV cache; the online loop's sampler (rl.sampler = engine).
 
   pages.py            host-side page pool (free list, refcounts) and per-slot page tables
   paged_attention.py  XLA attention of a query block over a slot's pages

@@ -1,28 +1,34 @@
 """Rollout engine v2: requests in, completed samples out, continuous batching over a paged KV cache.
 
-  requests -> FIFO of samples (request r, sample j) -> free slot: prefill (1 row) writes the prompt's pages,
-  samples token 0 -> jitted chunk of `steps_per_check` decode steps over all slots (B = num_slots, T = 1)
-  -> host: append each slot's tokens, finish the samples that stopped, free their pages, refill the slots.
+  requests -> FIFO of samples (request r, sample j) -> free slots: prefill calls for the samples admitted
+  together (one per width bucket) write their prompts' pages and sample token 0 -> jitted chunk of `steps_per_check` decode steps
+  over all slots (B = num_slots, T = 1) -> host: append each slot's tokens, finish the samples that stopped,
+  free their pages, refill the slots. The request list may grow while this runs (refills queue behind).
 
 Determinism: the token at position p of sample j of a request is drawn with key
-fold_in(fold_in(PRNGKey(seed), j), p) (the inner fold once per sample, `_sample_key`), and a slot's attention reads only its own pages, so a sample's
-tokens depend on (params, prompt, seed, j), not on its slot, the number of slots or its neighbours.
-Log-probs are under the distribution actually sampled from (`sampling.sample_logits`; 0 when greedy).
+fold_in(fold_in(PRNGKey(seed), j), p) (the inner fold once per sample, `_sample_keys`), and a slot's
+attention reads only its own pages, so a sample's tokens depend on (params, prompt, seed, j), not on its
+slot, the number of slots, its neighbours or the mesh. Log-probs are under the distribution actually
+sampled from (`sampling.sample_logits`; 0 when greedy).
 
 Pages: a sample holds pages for the tokens it has; before each chunk the host adds the pages the next
 `steps_per_check` tokens need. Admission is conservative so a running sample never waits for a page: a
 sample starts only when the free pages minus what running samples may still claim cover its worst case
 (prompt + budget). Shared prefixes: sample 0 of a request with num_samples > 1 writes the prompt; the
 prompt's full pages (all but the page of its last token) are then shared read-only by its other samples,
-which prefill only the rest. The request keeps its reference until its last sample has started.
+which prefill only the rest (in the same prefill call too: every layer writes all rows' keys before any
+row attends; or in a later one, narrower calls running after wider ones). The request keeps its reference until its last sample has started. Under a context mesh the
+pages are sharded over KV heads (`forward.PAGES_LOGICAL`) and the params are read where they are.
 
-Compiled shapes: the decode chunk compiles once per (EngineConfig, SamplingConfig); prefill once per
-prompt-length bucket (`prefill_bucket`).
+Compiled shapes: the decode chunk runs the live samples' rows only, gathered from the host-side slot
+state into a rows bucket (`_rows_bucket`: num_slots / 4^k, at least MIN_ROWS), so a draining batch decodes
+small; it compiles once per (bucket, EngineConfig, SamplingConfig). Prefill compiles once per (rows
+bucket, width), width a multiple of `prefill_bucket`.
 
 Deviations from a production engine (vLLM-style), for later steps: no preemption (admission reserves the
-worst case instead); a prefill is its own call (not fused into the decode batch) and syncs to the host;
-paged attention gathers a slot's whole page table (max_seq_len keys), not only the pages it holds; no
-mesh sharding yet (single device or replicated).
+worst case instead); prefill is its own call, not fused into the decode batch; paged attention gathers a
+slot's whole page table (max_seq_len keys), not only the pages it holds; the host loop reads every chunk's
+outputs (one process; the static sampler serves multi-host runs); one temperature / top-k / top-p per call.
 """
 from __future__ import annotations
 
@@ -89,11 +95,22 @@ class Completion:
 
 # ---------------------------------------------------------------- Jitted pieces
 
-@jax.jit
-def _sample_key(seed, sample):
-  """() int32 each -> (2,) uint32 raw key fold_in(PRNGKey(seed), sample): a sample's base key, made on the
-  host side once per sample so the compiled steps hash one fold (the position) instead of two."""
-  return jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), sample))
+MIN_ROWS = 8  # Smallest rows bucket of a prefill or decode call (fewer compiles; tiny calls cost the same).
+
+
+def _rows_bucket(n: int, cap: int) -> int:
+  """Rows a call of n live rows runs: cap (num_slots) divided by a power of 4, the smallest that holds n and
+  MIN_ROWS (128 slots: 8, 32 or 128 rows), so a model compiles a few sizes of each call, not one per n."""
+  rows = cap
+  while rows // 4 >= max(n, MIN_ROWS):
+    rows //= 4
+  return rows
+
+
+def _sample_keys(seed, sample):
+  """seed, sample (R,) int32 -> (R, 2) uint32 raw keys fold_in(PRNGKey(seed), sample): each sample's base
+  key, made once at its prefill so the decode steps fold only the position."""
+  return jax.vmap(lambda s, j: jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(s), j)))(seed, sample)
 
 
 def _keys(base, position):
@@ -108,24 +125,27 @@ def _sample(logits, keys, sampling):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("pages",))
-def _prefill(graphdef, params, pages, tokens, start, length, page_table, base_key, *, sampling):
-  """Writes tokens (1, T) (the first `length` valid) at positions start.. and samples the next token.
+def _prefill(graphdef, params, pages, tokens, start, length, page_table, seed, sample, *, sampling):
+  """Writes row r's tokens (R, T) (its first length[r] valid) at positions start[r].. of its pages and samples
+  each row's next token. start, length, seed, sample (R,) int32; page_table (R, P). Rows of length 0 are
+  padding (they write to the trash page; their outputs are ignored).
 
-  -> (token (), logp (), pages)."""
+  -> (tokens (R,), logps (R,), base keys (R, 2) uint32 (`_sample_keys`), pages)."""
   model = nnx.merge(graphdef, params)
   t = tokens.shape[1]
-  positions = start + jnp.arange(t, dtype=jnp.int32)[None]  # (1, T)
-  valid = jnp.arange(t)[None] < length  # (1, T)
+  positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # (R, T)
+  valid = jnp.arange(t)[None] < length[:, None]  # (R, T)
   hidden, pages = forward_lib.forward(model, pages, tokens, positions, valid, page_table)
-  logits = model.logits(jax.lax.dynamic_index_in_dim(hidden[0], length - 1, keepdims=True))  # (1, V)
-  token, logp = _sample(logits, _keys(base_key[None], (start + length)[None]), sampling)
-  return token[0], logp[0], pages
+  last = jnp.take_along_axis(hidden, jnp.maximum(length - 1, 0)[:, None, None], axis=1)[:, 0]  # (R, D)
+  base_key = _sample_keys(seed, sample)  # (R, 2)
+  token, logp = _sample(model.logits(last), _keys(base_key, start + length), sampling)
+  return token, logp, base_key, pages
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps"), donate_argnames=("pages",))
 def _decode(graphdef, params, pages, page_table, slots, *, sampling, steps):
   """`steps` decode steps over all slots. slots: token, position (of the token to feed), key (B, 2) uint32
-  (`_sample_key`), remaining (tokens still allowed), active (B,) and stop_ids (B, MAX_STOP_IDS; -1 = none).
+  (`_sample_keys`), remaining (tokens still allowed), active (B,) and stop_ids (B, MAX_STOP_IDS; -1 = none).
 
   -> (pages, slots after the steps, tokens (B, steps) with -1 where a slot emitted nothing, logps (B, steps))."""
   model = nnx.merge(graphdef, params)
@@ -163,18 +183,20 @@ class _Running:
 
 
 class Engine:
-  """Continuous-batching sampler over the trainer's params (a pure dict, as `sampling.generate` takes).
+  """Continuous-batching sampler: a page pool and slots, reused across calls; params and sampling settings
+  come with each call (the trainer's live params, a pure dict, as `sampling.generate` takes them)."""
 
-  `sampling` supplies temperature / top_k / top_p (its other fields are per request here)."""
-
-  def __init__(self, graphdef, params, config: EngineConfig, sampling: sampling_lib.SamplingConfig):
-    self.graphdef, self.params, self.config = graphdef, params, config
-    self.sampling = dataclasses.replace(sampling, max_new_tokens=1, num_samples=1, seed=0, stop_token_ids=())
-    self.model_cfg = nnx.merge(graphdef, params).cfg
+  def __init__(self, graphdef, model_cfg, config: EngineConfig):
+    self.graphdef, self.model_cfg, self.config = graphdef, model_cfg, config
     self.pool = pages_lib.PagePool(config.num_pages, config.page_size)
     self.tables = pages_lib.PageTables(config.num_slots, config.max_pages)
-    self.pages = forward_lib.init_pages(self.model_cfg, config.num_pages, config.page_size)
+    self.pages = forward_lib.init_pages(model_cfg, config.num_pages, config.page_size)
     self.peak_pages = 0  # Most pages in use at once (the pool's high-water mark), for tests and benchmarks.
+    # Running totals: decode occupancy = decode_tokens / (decode_rows * steps_per_check), the share of the
+    # decode rows computed that produced a token; the `queued_` pair counts only chunks that started with
+    # samples still waiting for a slot (the steady state, before a workload drains).
+    self.stats = {"decode_calls": 0, "decode_rows": 0, "decode_tokens": 0, "queued_decode_rows": 0,
+                  "queued_decode_tokens": 0, "prefill_calls": 0, "prefill_rows": 0}
 
   # -- validation
   def _check(self, index: int, r: Request) -> None:
@@ -201,23 +223,47 @@ class Engine:
     return (len(r.prompt) - 1) // self.config.page_size
 
   # -- the loop
-  def generate(self, requests: list[Request]) -> list[Completion]:
+  def generate(self, params, requests: list[Request], sampling: sampling_lib.SamplingConfig) -> list[Completion]:
     """Every sample of every request, ordered by (request, sample)."""
-    return sorted(self.stream(requests), key=lambda c: (c.request, c.sample))
+    return sorted(self.stream(params, requests, sampling), key=lambda c: (c.request, c.sample))
 
-  def stream(self, requests: list[Request]) -> Iterator[Completion]:
-    """Yields each sample as soon as it finishes."""
-    requests = list(requests)
-    for i, r in enumerate(requests):
-      self._check(i, r)
+  def stream(self, params, requests: list[Request], sampling: sampling_lib.SamplingConfig, *,
+             on_tokens=None) -> Iterator[Completion]:
+    """Yields each sample as soon as it finishes (see `stream_chunks`)."""
+    for finished in self.stream_chunks(params, requests, sampling, on_tokens=on_tokens):
+      yield from finished
+
+  def stream_chunks(self, params, requests: list[Request], sampling: sampling_lib.SamplingConfig, *,
+                    on_tokens=None) -> Iterator[list[Completion]]:
+    """Yields the samples that finished at each host check (a non-empty list each time). `requests` may grow
+    while this runs (the caller appends to the list, e.g. refills after a completion): appended requests
+    queue behind the others and can start at the very next check.
+
+    sampling: temperature / top_k / top_p for every request (its other fields are per request here).
+    on_tokens(request, sample, tokens): called with each sample's new tokens as they reach the host.
+    A caller may stop iterating early (close the generator): the samples still running are dropped and
+    every page returns to the pool."""
+    try:
+      yield from self._chunks(params, requests, sampling, on_tokens)
+    finally:
+      if self.pool.num_free != self.pool.num_pages:  # Abandoned (or failed) midway: start clean.
+        self.pool = pages_lib.PagePool(self.config.num_pages, self.config.page_size)
+        self.tables = pages_lib.PageTables(self.config.num_slots, self.config.max_pages)
+
+  def _chunks(self, params, requests, sampling, on_tokens) -> Iterator[list[Completion]]:
+    """`stream_chunks`' loop."""
+    sampling = dataclasses.replace(sampling, max_new_tokens=1, num_samples=1, seed=0, stop_token_ids=())
+    self.pages = forward_lib.place_pages(self.pages, params)
     c, pool, tables = self.config, self.pool, self.tables
     b = c.num_slots
     slots = {"token": np.zeros(b, np.int32), "position": np.zeros(b, np.int32), "key": np.zeros((b, 2), np.uint32),
              "remaining": np.zeros(b, np.int32), "active": np.zeros(b, bool),
              "stop_ids": np.full((b, MAX_STOP_IDS), -1, np.int32)}
     running: list[_Running | None] = [None] * b
-    pending = collections.deque((i, j) for i, r in enumerate(requests) for j in range(r.num_samples))
+    pending = collections.deque()  # (request, sample) in FIFO order
+    seen = 0  # Requests queued so far (the list may grow).
     prefixes: dict[int, list[int]] = {}  # request -> its shared prompt pages (the request's own reference)
+    finished: list[Completion] = []  # Since the last yield.
 
     def finish(s: int) -> Completion:
       run = running[s]
@@ -231,8 +277,25 @@ class Engine:
     def claimable() -> int:  # Pages running samples may still allocate.
       return sum(run.max_own - run.own for run in running if run is not None)
 
-    while pending or any(run is not None for run in running):
-      # ---- Refill free slots, in FIFO order (a sample that does not fit yet waits; nothing overtakes it).
+    def emit(s: int, tokens, logps) -> None:
+      run = running[s]
+      run.tokens.extend(tokens)
+      run.logps.extend(logps)
+      if on_tokens is not None and tokens:
+        on_tokens(run.request, run.sample, list(tokens))
+
+    while True:
+      if finished:
+        yield finished  # The caller may append requests now; they are read just below.
+        finished = []
+      while seen < len(requests):
+        self._check(seen, requests[seen])
+        pending.extend((seen, j) for j in range(requests[seen].num_samples))
+        seen += 1
+      if not pending and all(run is None for run in running):
+        return
+      # ---- Refill free slots in FIFO order (a sample that does not fit yet waits; nothing overtakes it).
+      admitted = []  # (slot, prompt tokens to prefill, their start position, base key)
       for s in range(b):
         if running[s] is not None or not pending:
           continue
@@ -243,7 +306,7 @@ class Engine:
         max_own = pool.pages_for(cache_tokens) - n_shared
         new_prefix = n_shared if (n_shared and i not in prefixes) else 0
         if pool.num_free - claimable() < max_own + new_prefix:
-          if not any(run is not None for run in running):  # Cannot happen after _check; never spin.
+          if not admitted and all(run is None for run in running):  # Cannot happen after _check; never spin.
             raise pages_lib.PoolTooSmallError(f"EngineConfig.num_pages: request {i} does not fit an empty pool")
           break
         pending.popleft()
@@ -253,18 +316,20 @@ class Engine:
         start = 0
         if n_shared:
           tables.append(s, pool.share(prefixes[i]))
-          start = 0 if j == 0 else n_shared * c.page_size  # Sample 0 writes the shared pages.
+          # Sample 0 writes the shared pages (FIFO admits it first, in this call or an earlier one: within a
+          # prefill call every layer writes all rows' keys before any row attends).
+          start = 0 if j == 0 else n_shared * c.page_size
           if j == r.num_samples - 1:
             pool.free(prefixes.pop(i))  # The last sample has its reference; the request lets go.
         run.own = pool.pages_for(len(r.prompt)) - n_shared
         tables.append(s, pool.alloc(run.own))
         running[s] = run
-        key = np.asarray(_sample_key(np.int32(r.seed), np.int32(j)))
-        token, logp = self._prefill(r.prompt[start:], start, s, key)
-        run.tokens.append(token)
-        run.logps.append(logp)
+        admitted.append((s, r.prompt[start:], start, (r.seed, j)))
+      for (s, *_), (token, logp, key) in zip(admitted, self._prefill(params, admitted, sampling) if admitted else []):
+        run, r = running[s], requests[running[s].request]
+        emit(s, [token], [logp])
         if token in r.stop_token_ids or r.max_new_tokens == 1:
-          yield finish(s)
+          finished.append(finish(s))
           continue
         slots["token"][s], slots["position"][s] = token, len(r.prompt)
         slots["key"][s], slots["remaining"][s] = key, r.max_new_tokens - 1
@@ -282,28 +347,54 @@ class Engine:
             tables.append(s, pool.alloc(extra))
             run.own += extra
       self.peak_pages = max(self.peak_pages, pool.num_pages - pool.num_free)
-      # ---- Decode.
-      self.pages, out, tokens, logps = _decode(self.graphdef, self.params, self.pages, jnp.asarray(tables.table),
-                                               {k: jnp.asarray(v) for k, v in slots.items()},
-                                               sampling=self.sampling, steps=c.steps_per_check)
+      # ---- Decode the running samples only: their rows gathered into a power-of-two bucket (the slot
+      # state and page tables live on the host, so a slot is just a row here; a draining batch runs small).
+      live = np.flatnonzero(slots["active"])
+      rows = _rows_bucket(len(live), b)
+      sub = {k: np.zeros((rows,) + v.shape[1:], v.dtype) for k, v in slots.items()}
+      for k, v in slots.items():
+        sub[k][:len(live)] = v[live]
+      table = np.zeros((rows, c.max_pages), np.int32)
+      table[:len(live)] = tables.table[live]
+      self.pages, out, tokens, logps = _decode(self.graphdef, params, self.pages, table, sub,
+                                               sampling=sampling, steps=c.steps_per_check)
       out, tokens, logps = jax.device_get((out, tokens, logps))
-      slots = {k: np.array(v) for k, v in out.items()}
-      for s, run in enumerate(running):
-        if run is None:
-          continue
-        emitted = tokens[s] >= 0
-        run.tokens.extend(tokens[s][emitted].tolist())
-        run.logps.extend(logps[s][emitted].tolist())
+      for k, v in out.items():
+        slots[k][live] = v[:len(live)]
+      queued = bool(pending) or seen < len(requests)
+      emitted = tokens[:len(live)] >= 0  # (live, steps)
+      self.stats["decode_calls"] += 1
+      self.stats["decode_rows"] += rows
+      self.stats["decode_tokens"] += int(emitted.sum())
+      if queued:
+        self.stats["queued_decode_rows"] += rows
+        self.stats["queued_decode_tokens"] += int(emitted.sum())
+      for row, s in enumerate(live):
+        emit(s, tokens[row][emitted[row]].tolist(), logps[row][emitted[row]].tolist())
         if not slots["active"][s]:
-          yield finish(s)
+          finished.append(finish(s))
 
-  def _prefill(self, tokens, start: int, slot: int, key: np.ndarray) -> tuple[int, float]:
-    """Prefills `tokens` at positions start.. of `slot` (padded to the bucket) -> (token, logp) sampled next."""
-    bucket = self.config.prefill_bucket
-    width = -(-len(tokens) // bucket) * bucket
-    buf = np.zeros((1, width), np.int32)
-    buf[0, :len(tokens)] = tokens
-    token, logp, self.pages = _prefill(self.graphdef, self.params, self.pages, jnp.asarray(buf), jnp.int32(start),
-                                       jnp.int32(len(tokens)), jnp.asarray(self.tables.table[slot:slot + 1]),
-                                       jnp.asarray(key), sampling=self.sampling)
-    return int(token), float(logp)
+  def _prefill(self, params, admitted, sampling) -> list[tuple[int, float, np.ndarray]]:
+    """Prefills every admitted (slot, tokens, start, (seed, sample)) -> each row's sampled token, its logp
+    and the sample's base key, in order.
+
+    One call per width bucket (a multiple of prefill_bucket), widest first: a request's sample 0 carries
+    its whole prompt, so it is in the widest call its siblings' (shorter) rows need, or in an earlier one.
+    Rows are padded to a `_rows_bucket`, so the compiles are few."""
+    c = self.config
+    width = lambda t: -(-len(t) // c.prefill_bucket) * c.prefill_bucket
+    results = {}
+    for w in sorted({width(t) for _, t, _, _ in admitted}, reverse=True):
+      group = [(i, a) for i, a in enumerate(admitted) if width(a[1]) == w]
+      rows = _rows_bucket(len(group), c.num_slots)
+      buf, table = np.zeros((rows, w), np.int32), np.zeros((rows, c.max_pages), np.int32)
+      start, length, seed, sample = (np.zeros(rows, np.int32) for _ in range(4))
+      for row, (_, (s, tokens, first, (seed[row], sample[row]))) in enumerate(group):
+        buf[row, :len(tokens)], start[row], length[row], table[row] = tokens, first, len(tokens), self.tables.table[s]
+      token, logp, key, self.pages = _prefill(self.graphdef, params, self.pages, buf, start, length, table, seed,
+                                              sample, sampling=sampling)
+      token, logp, key = jax.device_get((token, logp, key))
+      results.update({i: (int(token[row]), float(logp[row]), key[row]) for row, (i, _) in enumerate(group)})
+      self.stats["prefill_calls"] += 1
+      self.stats["prefill_rows"] += len(group)
+    return [results[i] for i in range(len(admitted))]

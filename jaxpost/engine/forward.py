@@ -12,17 +12,42 @@ tests/engine/test_engine.py compares it with the full forward.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpost import mesh as mesh_lib
 from jaxpost.engine import paged_attention as paged
 
 
+PAGES_LOGICAL = (None, None, "kv_heads", "head_dim")  # (pages, page_size, K, hd): KV heads over `tensor`.
+
+
+def shard_pages(pages: dict) -> dict:
+  """Pins the pages to their mesh layout under a context mesh (jaxpost.mesh rules); no-op without one. Every
+  jitted engine call returns its pages through this, so their sharding (a compile-cache key) never drifts."""
+  return jax.tree.map(lambda a: mesh_lib.shard_like(a, PAGES_LOGICAL), pages)
+
+
+def place_pages(pages: dict, params) -> dict:
+  """The pages on the mesh of `params` (their first leaf's), laid out by PAGES_LOGICAL, so the first prefill
+  sees the layout every later call returns (a layout change would recompile); as they are otherwise."""
+  sharding = jax.tree.leaves(params)[0].sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return pages
+  mesh = sharding.mesh
+  return jax.tree.map(lambda a: jax.device_put(a, jax.sharding.NamedSharding(
+      mesh, mesh_lib.logical_to_spec(PAGES_LOGICAL, a.shape, mesh))), pages)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def init_pages(cfg, num_pages: int, page_size: int) -> dict:
   """{"k", "v": L arrays (num_pages + 1, page_size, K, hd)}: page 0 is the trash page."""
   shape = (num_pages + 1, page_size, cfg.num_kv_heads, cfg.head_dim)
-  return {name: tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers)) for name in ("k", "v")}
+  return shard_pages({name: tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
+                      for name in ("k", "v")})
 
 
 def _blocks(model):
@@ -57,4 +82,4 @@ def forward(model, pages: dict, tokens, positions, valid, page_table):
                                                k_all[layer], v_all[layer])
     x = x + block._post("post_attn_norm", a)
     x = x + block._post("post_mlp_norm", block.mlp(block.mlp_norm(x)))
-  return model.final_norm(x), {"k": tuple(k_all), "v": tuple(v_all)}
+  return model.final_norm(x), shard_pages({"k": tuple(k_all), "v": tuple(v_all)})

@@ -24,7 +24,7 @@ from jaxpost import preemption
 from jaxpost import rollout
 from jaxpost.algorithms import registry
 from jaxpost.algorithms.base import Models
-from jaxpost.config import rl_minibatch
+from jaxpost.config import ConfigError, rl_minibatch
 from jaxpost.loops import common
 
 
@@ -40,6 +40,9 @@ def run(config, workdir: str) -> dict:
 def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   algorithm = registry.get(config.algorithm)
   t, rl = config.train, config.rl
+  if rl.sampler == "engine" and jax.process_count() > 1:
+    raise ConfigError("config.rl.sampler=engine: the rollout engine runs on one process so far; with "
+                      f"{jax.process_count()} processes set rl.sampler=static")
   group = rl.num_generations
   rows = rl.prompts_per_step * group
   minibatch = rl_minibatch(config)
@@ -84,20 +87,19 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
   if source.eval_prompts and loop_state["step"] == 0:
     summary = writer.write(0, source.evaluate(policy(state["params"])))
   for step in range(loop_state["step"] + 1, t.steps + 1):
-    # Rollout: sample with the live params, score, keep the groups the algorithm keeps (refilling up to P).
+    # Rollout: sample with the live params; score each group as it completes under the algorithm's rules
+    # (which groups it keeps, reward shaping); a dropped group's prompt is replaced (DAPO's dynamic sampling).
     start = time.perf_counter()
-    kept, reward_metrics, tries = [], {}, 0
-    while len(kept) < rl.prompts_per_step and tries <= rl.max_refills:
-      batch_prompts = source.next_prompts(rl.prompts_per_step, loop_state)
-      out = source.sample(policy(state["params"]), batch_prompts, seed=t.seed * 100003 + step * 101 + tries)
-      scores, reward_metrics = source.score(out, batch_prompts, group)
+
+    def judge(prompts, out):
+      scores, metrics = source.score(out, prompts, group)
       rewards = algorithm.shape_rewards(config, scores, np.asarray(out.lengths))
-      truncated = np.array([f == "length" for f in out.finish_reasons], np.float32)
-      completions = out.completions()
-      for p in np.flatnonzero(algorithm.keep_groups(config, rewards.reshape(-1, group))):
-        rs = slice(p * group, (p + 1) * group)
-        kept.append((batch_prompts[p], completions[rs], out.logps[rs], rewards[rs], truncated[rs]))
-      tries += 1
+      return algorithm.keep_groups(config, rewards.reshape(-1, group)), rewards, metrics
+
+    judged, reward_metrics = source.collect(policy(state["params"]), loop_state, seed=t.seed * 100003 + step * 101,
+                                            judge=judge)
+    kept = [(g.prompt, g.out.completions(), g.out.logps, g.rewards,
+             np.array([f == "length" for f in g.out.finish_reasons], np.float32)) for g in judged if g.keep]
     kept = kept[:rl.prompts_per_step]
     rollout_time = time.perf_counter() - start
 
@@ -137,7 +139,7 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
     values.update({k: float(v) for k, v in prepared.items()})
     values.update({"reward/mean": float(rewards.mean()) if kept else 0.0,
                    "reward/std": float(rewards.std()) if kept else 0.0,
-                   "response_length/mean": float(lengths.mean()), "groups": len(kept),
+                   "response_length/mean": float(lengths.mean()), "groups": len(kept), "groups_judged": len(judged),
                    "lr": float(metrics_list[-1]["lr"]), "rollout_time": rollout_time, "train_time": train_time,
                    "tokens_per_sec": float(lengths.sum()) / max(rollout_time + train_time, 1e-9)})
     values.update(reward_metrics)  # reward/<fn>, reward/errors, ...; accuracy where a verifier defines it.

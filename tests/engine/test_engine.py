@@ -52,6 +52,10 @@ def _model(cfg=CFG, seed=3):
   return graphdef, jax.tree.map(fill, nnx.to_pure_dict(abstract))
 
 
+def _engine(graphdef, params, config=ENGINE):
+  return Engine(graphdef, nnx.merge(graphdef, params).cfg, config)
+
+
 def _reference_greedy(graphdef, params, prompt, n, stop=()):
   seq = list(prompt)
   for _ in range(n):  # One full forward per new token, no cache.
@@ -81,7 +85,7 @@ def test_greedy_equals_full_forward_recompute_with_more_requests_than_slots(cfg)
   the uncached model. The window (3) is shorter than every sequence, so a paged path that ignored it, the
   soft-caps or the local RoPE base would pick other tokens. (The plain Llama config: the next test.)"""
   graphdef, params = _model(cfg)
-  out = Engine(graphdef, params, ENGINE, GREEDY).generate(_requests())
+  out = _engine(graphdef, params, ENGINE).generate(params, _requests(), GREEDY)
   assert [(c.request, c.sample) for c in out] == [(i, 0) for i in range(5)]
   for c, prompt, n in zip(out, PROMPTS, BUDGETS):
     assert c.tokens == _reference_greedy(graphdef, params, prompt, n), c.request
@@ -98,7 +102,7 @@ def test_greedy_equals_full_forward_and_static_sampler_and_stops():
   static = [c[:n] for c, n in zip(static.completions(), BUDGETS)]
   assert static == [_reference_greedy(graphdef, params, p, n) for p, n in zip(PROMPTS, BUDGETS)]
   stop = static[2][4]
-  out = Engine(graphdef, params, ENGINE, GREEDY).generate(_requests(stop_token_ids=(stop,)))
+  out = _engine(graphdef, params, ENGINE).generate(params, _requests(stop_token_ids=(stop,)), GREEDY)
   for c, ref in zip(out, static):
     expected = ref[:ref.index(stop) + 1] if stop in ref else ref
     assert c.tokens == expected, c.request
@@ -111,7 +115,7 @@ def _sampled(num_slots, share_prefix=True):
   config = EngineConfig(**{**ENGINE.__dict__, "num_slots": num_slots, "share_prefix": share_prefix})
   requests = [Request(prompt=p, max_new_tokens=n, num_samples=3, seed=100 + i)
               for i, (p, n) in enumerate(zip(PROMPTS, BUDGETS))]
-  return Engine(graphdef, params, config, SAMPLED).generate(requests)
+  return _engine(graphdef, params, config).generate(params, requests, SAMPLED)
 
 
 def test_sampled_output_is_identical_with_1_3_and_8_slots():
@@ -131,7 +135,7 @@ def test_shared_prefix_equals_unshared():
   """Samples 1.. of a request read sample 0's prompt pages and prefill only the rest: same tokens as every
   sample prefilling its whole prompt, in fewer pages."""
   graphdef, params = _model()
-  engine = Engine(graphdef, params, ENGINE, SAMPLED)
+  engine = _engine(graphdef, params, ENGINE)
   assert engine._shared_pages(Request(prompt=PROMPTS[2], num_samples=3)) == 4  # 17 tokens: 4 full pages + 1.
   assert engine._shared_pages(Request(prompt=PROMPTS[3], num_samples=3)) == 1  # 8: the 2nd page holds the last.
   assert engine._shared_pages(Request(prompt=PROMPTS[2], num_samples=1)) == 0
@@ -170,34 +174,40 @@ def test_page_accounting_ten_times_more_samples_than_slots():
               for i, (p, n) in enumerate(zip(PROMPTS, BUDGETS))]
   worst = sum(6 * -(-(len(p) + n - 1) // 4) for p, n in zip(PROMPTS, BUDGETS))  # 6 x (3 + 1 + 7 + 4 + 3) = 108
   assert worst == 108 > ENGINE.num_pages
-  engine = Engine(graphdef, params, EngineConfig(**{**ENGINE.__dict__, "num_slots": 3}), SAMPLED)
-  out = engine.generate(requests)
+  engine = _engine(graphdef, params, EngineConfig(**{**ENGINE.__dict__, "num_slots": 3}))
+  out = engine.generate(params, requests, SAMPLED)
   assert len(out) == 30 == 10 * 3 and all(len(c.tokens) <= BUDGETS[c.request] for c in out)
   assert engine.pool.num_free == 32 and not engine.pool.refcount.any()
   assert not engine.tables.num.any() and not engine.tables.table.any()
   assert 0 < engine.peak_pages <= 32
-  again = engine.generate(requests)  # The same pool, reused: the same samples.
+  again = engine.generate(params, requests, SAMPLED)  # The same pool, reused: the same samples.
   assert [c.tokens for c in again] == [c.tokens for c in out]
 
 
 def test_no_recompile_after_warm_up():
-  """Other prompts, budgets, seeds and stop ids reuse the compiled decode chunk and prefill buckets."""
+  """Other prompts, budgets, seeds and stop ids reuse the compiled programs: decode compiles once per rows
+  bucket, prefill once per (rows, width) bucket; rows are num_slots / 4^k >= engine.MIN_ROWS = 8, capped at
+  the 3 slots (one bucket), one width (every prompt <= 32): two workloads add at most one program each."""
   graphdef, params = _model()
-  engine = Engine(graphdef, params, EngineConfig(**{**ENGINE.__dict__, "num_slots": 3}), SAMPLED)
-  engine.generate(_requests(seed=1))
-  sizes = engine_lib._decode._cache_size(), engine_lib._prefill._cache_size()
-  engine.generate([Request(prompt=p[::-1], max_new_tokens=n + 1, seed=7, stop_token_ids=(3, 4), num_samples=2)
-                   for p, n in zip(PROMPTS, BUDGETS)])
-  assert (engine_lib._decode._cache_size(), engine_lib._prefill._cache_size()) == sizes
+  engine = _engine(graphdef, params, EngineConfig(**{**ENGINE.__dict__, "num_slots": 3}))
+  before = engine_lib._decode._cache_size(), engine_lib._prefill._cache_size()
+  engine.generate(params, _requests(seed=1), SAMPLED)
+  engine.generate(params, [Request(prompt=p[::-1], max_new_tokens=n + 1, seed=7, stop_token_ids=(3, 4),
+                                   num_samples=2) for p, n in zip(PROMPTS, BUDGETS)], SAMPLED)
+  assert engine_lib._decode._cache_size() - before[0] <= 1
+  assert engine_lib._prefill._cache_size() - before[1] <= 1
+  assert engine.stats["prefill_rows"] == 5 + 10  # Every sample prefilled once, in fewer calls.
+  assert engine.stats["prefill_calls"] < engine.stats["prefill_rows"]
 
 
 def test_request_that_cannot_fit_names_the_setting():
   graphdef, params = _model()
   small = EngineConfig(num_slots=2, page_size=4, num_pages=3, max_seq_len=32)
   with pytest.raises(PoolTooSmallError, match=r"EngineConfig\.num_pages.*request 1.*needs up to 4 pages"):
-    Engine(graphdef, params, small, GREEDY).generate([Request(prompt=[1, 2], max_new_tokens=2), Request(prompt=[1] * 10, max_new_tokens=7)])
+    _engine(graphdef, params, small).generate(params, [Request(prompt=[1, 2], max_new_tokens=2), Request(prompt=[1] * 10, max_new_tokens=7)],
+                                            GREEDY)
   with pytest.raises(PoolTooSmallError, match=r"EngineConfig\.max_seq_len.*33 tokens"):
-    Engine(graphdef, params, ENGINE, GREEDY).generate([Request(prompt=[1] * 30, max_new_tokens=3)])
+    _engine(graphdef, params, ENGINE).generate(params, [Request(prompt=[1] * 30, max_new_tokens=3)], GREEDY)
   with pytest.raises(PoolTooSmallError, match=r"EngineConfig\.num_pages: 2 pages wanted, 1 of 1 free"):
     PagePool(1, 4).alloc(2)
 
@@ -233,3 +243,93 @@ def test_paged_attention_equals_reference_over_shuffled_pages(window, softcap):
   for row, n in enumerate(lengths):
     ref = reference(q[row:row + 1], k[row:row + 1, :n], v[row:row + 1, :n])
     np.testing.assert_allclose(out[row:row + 1], ref, atol=1e-5)
+
+
+def test_requests_appended_while_streaming_queue_behind_and_match_a_run_alone():
+  """A request appended to the list after the first completion (how the online loop replaces a rejected
+  group) is served by the running engine with the tokens it gets alone; on_tokens delivers every token in
+  order, in pieces of at most steps_per_check; a stream closed early hands back its pages."""
+  graphdef, params = _model()
+  engine = _engine(graphdef, params)
+  extra = Request(prompt=PROMPTS[2], max_new_tokens=9, num_samples=2, seed=5)
+  requests = [Request(prompt=p, max_new_tokens=n, seed=i) for i, (p, n) in enumerate(zip(PROMPTS[:2], BUDGETS[:2]))]
+  pieces = {}
+  done = []
+  for c in engine.stream(params, requests, SAMPLED,
+                         on_tokens=lambda r, j, t: pieces.setdefault((r, j), []).append(t)):
+    done.append(c)
+    if len(requests) == 2:
+      requests.append(extra)
+  assert sorted((c.request, c.sample) for c in done) == [(0, 0), (1, 0), (2, 0), (2, 1)]
+  alone = engine.generate(params, [extra], SAMPLED)
+  assert [c.tokens for c in sorted(done, key=lambda c: (c.request, c.sample)) if c.request == 2] == \
+      [c.tokens for c in alone]
+  for c in done:
+    assert sum(pieces[(c.request, c.sample)], []) == c.tokens
+    assert max(map(len, pieces[(c.request, c.sample)])) <= ENGINE.steps_per_check
+  # A caller that stops early (the online loop once it has its groups): every page comes back.
+  short = Request(prompt=PROMPTS[0], max_new_tokens=2, seed=1)  # Done while extra's 2 samples still run.
+  chunks = engine.stream_chunks(params, [short, extra], SAMPLED)
+  next(chunks)
+  assert engine.pool.num_free < ENGINE.num_pages
+  chunks.close()
+  assert engine.pool.num_free == ENGINE.num_pages and not engine.pool.refcount.any() and not engine.tables.num.any()
+  assert [c.tokens for c in engine.generate(params, [extra], SAMPLED)] == [c.tokens for c in alone]
+
+
+def test_sharded_over_8_devices_equals_one_device():
+  """Params sharded data=2 x fsdp=2 x tensor=2 (pages split over the 2 KV heads) under jax.set_mesh: the same
+  sampled tokens as on one device, log-probs within 1e-5."""
+  from jaxpost import state as state_lib
+  graphdef, params = _model()
+  requests = [Request(prompt=p, max_new_tokens=n, num_samples=2, seed=i) for i, (p, n) in enumerate(zip(PROMPTS, BUDGETS))]
+  single = _engine(graphdef, params).generate(params, requests, SAMPLED)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh):
+    sharded_params = jax.device_put(params, state_lib.param_shardings(CFG, mesh))
+    engine = _engine(graphdef, sharded_params)
+    sharded = engine.generate(sharded_params, requests, SAMPLED)
+    assert engine.pages["k"][0].sharding.spec[2] == "tensor"
+  for a, b in zip(single, sharded):
+    assert a.tokens == b.tokens, (a.request, a.sample)
+    np.testing.assert_allclose(a.logps, b.logps, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["engine", "static"])
+def test_rollouts_collect_replaces_rejected_groups_within_the_refill_budget(sampler):
+  """jaxpost/rollout.Rollouts.collect, as the online loop calls it: P = 3 prompts of G = 2 samples, a judge that
+  rejects the 1st, 2nd and 4th group it sees (it may see several at once). With max_refills = 1 (3 spare prompts) every rejection gets a
+  replacement: 6 groups judged, the 3 kept ones enough. With max_refills = 0 nothing is replaced: 3 judged,
+  1 kept. Each judged group is its prompt's 2 rows; the prompt cursor advances by the prompts drawn."""
+  from types import SimpleNamespace
+  from jaxpost.config import rl_config
+  from jaxpost.rollout import Rollouts
+  graphdef, params = _model()
+  prompts = [{"tokens": p, "record": {"i": i}} for i, p in enumerate(PROMPTS * 2)]
+  for refills, judged_n, kept_n in ((1, 6, 3), (0, 3, 1)):
+    rl = rl_config()
+    rl.sampler, rl.prompts_per_step, rl.num_generations, rl.max_new_tokens = sampler, 3, 2, 4
+    rl.max_prompt_len, rl.max_refills, rl.engine.page_size = 17, refills, 4
+    source = Rollouts(rl, 0, SimpleNamespace(chat_stop_ids=(0,), pad_id=0), graphdef, prompts, None, {}, None)
+    seen, calls = [], []
+
+    def judge(batch, out):
+      assert len(out.completions()) == 2 * len(batch) and out.tokens.shape == (2 * len(batch), 4)
+      seen.extend(p["record"]["i"] for p in batch)
+      calls.append(len(batch))
+      keep = [k + 1 not in (1, 2, 4) for k in range(len(seen) - len(batch), len(seen))]
+      return np.array(keep), np.zeros(2 * len(batch), np.float32), {"errors": 1, "rate": 1.0}
+
+    loop_state = {"step": 0, "cursor": 0, "epoch": 0}
+    judged, metrics = source.collect(params, loop_state, seed=7, judge=judge)
+    assert len(judged) == judged_n and sum(g.keep for g in judged) == kept_n, sampler
+    assert loop_state["cursor"] == judged_n and len(set(seen)) == judged_n  # One fresh prompt per group.
+    assert [g.prompt["record"]["i"] for g in judged] == seen
+    assert metrics == {"errors": len(calls), "rate": 1.0}  # Counts add over the judge's calls.
+
+
+def test_merge_metrics_adds_counts_and_weights_rates_by_rows():
+  from jaxpost.rollout import merge_metrics
+  # errors: 1 + 2 = 3; accuracy: (2 x 50 + 6 x 100) / 8 = 87.5; "only" appears in one part of 6 rows.
+  merged = merge_metrics([(2, {"errors": 1, "accuracy": 50.0}), (6, {"errors": 2, "accuracy": 100.0, "only": 0.5})])
+  assert merged == {"errors": 3, "accuracy": 87.5, "only": 0.5}
