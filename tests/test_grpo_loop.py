@@ -82,13 +82,15 @@ def test_grpo_step_sharded_equals_single_device():
   """ppo_clip + k3 KL (beta 0.05): 2 steps on data=2 x fsdp=2 x tensor=2 == 1 device (f32, rtol 1e-5)."""
   model = ModelConfig(vocab_size=29, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
   results = []
+  graphdef, shapes, _ = state_lib.abstract_model(model)
+  rng = np.random.default_rng(0)  # Host values: the model's random init compiles for seconds per mesh.
+  values = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype) * 0.2, shapes)
   for shape, n in (((1, 1, 1), 1), ((2, 2, 2), 8)):
     mesh = jax.make_mesh(shape, ("data", "fsdp", "tensor"), devices=jax.devices()[:n],
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    graphdef, shapes, _ = state_lib.abstract_model(model)
     tx, schedule = optim.make_optimizer(base_config().optim, 2)
     ss = state_lib.state_shardings(shapes, state_lib.param_shardings(model, mesh), tx, mesh)
-    state = state_lib.create_state(state_lib.init_params(model, mesh, 0), tx, ss)
+    state = state_lib.create_state(jax.device_put(values, state_lib.param_shardings(model, mesh)), tx, ss)
     loss_fn, normalizer = grpo.make_loss_fn(graphdef, beta=0.05, kl_estimator="k3")
     step = jax.jit(step_lib.make_train_step(loss_fn, normalizer, tx, schedule),
                    in_shardings=(ss, mesh_lib.batch_sharding(mesh), None),
