@@ -31,6 +31,26 @@ def pytest_sessionfinish(session):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+# Cheaper XLA:CPU codegen, for programs a test compiles itself (as kernels/test_attention.py does).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@pytest.fixture
+def fast_init_params(monkeypatch):
+  """`jaxpost.state.init_params` with the same values, compiled cheaply: the model's own init (same seed)
+  jitted for one device with FAST_COMPILE, then put in the trainer's layout (param_shardings). The library's
+  version compiles the init's truncated normals for the mesh, with the default codegen: seconds on every
+  mesh. For tests that need a run's starting params, not that compile."""
+  from flax import nnx
+  from jaxpost import state as state_lib
+  from jaxpost.models import Transformer
+
+  def init_params(cfg, mesh, seed):
+    init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=seed)), nnx.Param)))
+    return jax.device_put(init.lower().compile(compiler_options=FAST_COMPILE)(), state_lib.param_shardings(cfg, mesh))
+  monkeypatch.setattr(state_lib, "init_params", init_params)
+
+
 @pytest.fixture(scope="session")
 def installed_python(tmp_path_factory):
   """The python of a fresh venv holding jaxpost installed from a wheel of this checkout (installed_wheel.py)."""

@@ -116,11 +116,12 @@ def test_remat_policies_give_the_same_loss_and_grads():
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
-def test_fsdp_divides_the_resident_state_per_device():
+def test_fsdp_divides_the_resident_state_per_device(fast_init_params):
   """The memory plan the benchmark reports: over 8 devices, FSDP (mesh 1,8,1) keeps about 1/8 of the params
   and Adam moments per device that data parallelism (8,1,1) replicates, in the step's compiled plan.
   Argument bytes = state shard + batch shard; the batch (1 row a device) is the same in both, so the ratio
-  sits a little above 1/8; it would be ~1 if FSDP silently replicated. Same loss either way."""
+  sits a little above 1/8; it would be ~1 if FSDP silently replicated. Same loss either way. (The init is
+  conftest's fast_init_params: the same values, without compiling the random init for each mesh.)"""
   plans = {mesh: bench.time_jaxpost(_bench_spec(mesh=mesh, compiled_memory=True, steps=1, warmup=1, d_model=64,
                                                 head_dim=16, mlp_dim=128, vocab=64))
            for mesh in ((8, 1, 1), (1, 8, 1))}

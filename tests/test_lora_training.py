@@ -17,6 +17,9 @@ from jaxpost.loops import offline
 from jaxpost.models import lora
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The base's random init with the same values, compiled cheaply (conftest): the runs, their resume and the
+# export each rebuild it.
+pytestmark = pytest.mark.usefixtures("fast_init_params")
 ASSETS = os.path.join(ROOT, "assets", "arithmetic")
 
 
@@ -94,7 +97,8 @@ def _check_exports(workdir, tmp_path):
   base = workdir_lib.base_params(model_cfg, state.param_shardings(model_cfg, mesh), mesh, hf_path="", init_checkpoint="",
                             seed=record["seed"], log=lambda _: None)
   tokens = np.random.RandomState(0).randint(0, model_cfg.vocab_size, (2, 11))
-  want = np.asarray(nnx.merge(graphdef, lora.join(base, adapters))(jnp.asarray(tokens, jnp.int32)))
+  forward = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))  # One compile, not op by op.
+  want = np.asarray(forward(lora.join(base, adapters), jnp.asarray(tokens, jnp.int32)))
 
   export.export(workdir, str(tmp_path / "merged"), merge_lora=True)
   merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).float().eval()

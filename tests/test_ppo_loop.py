@@ -30,7 +30,7 @@ def _toy_config(tmp_path):
   return c
 
 
-def test_ppo_raises_a_toy_reward(tmp_path):
+def test_ppo_raises_a_toy_reward(tmp_path, fast_init_params):  # (conftest: the same init, compiled cheaply)
   c = _toy_config(tmp_path)
   online.run(c, str(tmp_path / "run"))
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"reward/mean"' in line]
@@ -43,7 +43,7 @@ def test_ppo_raises_a_toy_reward(tmp_path):
     assert json.load(f)["params_key"] == "policy"
 
 
-def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeypatch):
+def test_ppo_keeps_a_reference_copy_only_when_beta_is_positive(tmp_path, monkeypatch, fast_init_params):
   """Device bytes alive at the first rollout, fresh and resumed: with beta 0.02 they exceed beta 0's by
   exactly one copy of the policy's params (the frozen reference), and with beta 0 nothing beyond the
   train state is kept (the starting weights used to stay on device for the whole run)."""

@@ -22,12 +22,18 @@ TINY = ["--config=configs/sft_tiny.py", "--config.model.d_model=32", "--config.m
         "--config.train.progress=false"]
 
 
+# Cheaper XLA:CPU codegen (as tests/test_bench_train.py's subprocess): the runs' compiles (8 devices, then
+# 2 processes x 4) are most of this test's time. Every run here gets the same flags, so the losses compared
+# (run against run) come from the same programs.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
 def cli_env(cache_dir: str, devices: int = 1) -> dict:
   """A clean CPU environment; the persistent compilation cache lets later runs skip XLA compiles."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), JAX_COMPILATION_CACHE_DIR=cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             PYTHONUNBUFFERED="1")
+             PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE)
   return env
 
 

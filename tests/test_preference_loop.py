@@ -14,8 +14,13 @@ TINY = ["--config.model.d_model=64", "--config.model.mlp_dim=128", "--config.mod
         "--config.model.num_layers=1", "--config.train.progress=False"]
 
 
+# Cheaper XLA:CPU codegen (as tests/test_bench_train.py's subprocess): the runs' compiles are most of their time.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
 def _train(config: str, workdir: str, *overrides: str) -> list[dict]:
-  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": FAST_COMPILE}
   cmd = [sys.executable, "-m", "jaxpost.train", f"--config={config}", f"--workdir={workdir}", *TINY, *overrides]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -33,7 +33,13 @@ def _host_params():
   return jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype) * 0.2, state_lib.abstract_model(MODEL)[1])
 
 
+# Cheaper XLA:CPU codegen for the steps (as kernels/test_attention.py): their compiles are most of this file's
+# time. Every step compared here is compiled with the same options.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def _setup(mesh, grad_accum=1, steps=3):
+  """(graphdef, state, step): the step compiled for `_batch()`'s shapes."""
   cfg = config_lib.base_config()
   tx, schedule = optim.make_optimizer(cfg.optim, steps)
   graphdef, shapes, _ = state_lib.abstract_model(MODEL)
@@ -41,8 +47,9 @@ def _setup(mesh, grad_accum=1, steps=3):
   ss = state_lib.state_shardings(shapes, ps, tx, mesh)
   state = state_lib.create_state(jax.device_put(_host_params(), ps), tx, ss)
   fn = step_lib.make_train_step(*sft.make_loss_fn(graphdef), tx, schedule, grad_accum=grad_accum)
-  return graphdef, state, jax.jit(fn, in_shardings=(ss, mesh_lib.batch_sharding(mesh), None),
-                                  out_shardings=(ss, mesh_lib.replicated(mesh)))
+  step = jax.jit(fn, in_shardings=(ss, mesh_lib.batch_sharding(mesh), None),
+                 out_shardings=(ss, mesh_lib.replicated(mesh)))
+  return graphdef, state, step.lower(state, _batch(), None).compile(compiler_options=FAST_COMPILE)
 
 
 def _mesh(data, fsdp, tensor, n):

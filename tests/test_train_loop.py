@@ -64,7 +64,10 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path):
 
 def test_command_line_trains_evaluates_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / "cli")
-  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+  # The persistent compilation cache lets the resumed run skip the first run's XLA compiles.
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   base = [sys.executable, "-m", "jaxpost.train", "--config=configs/sft_tiny.py", f"--workdir={workdir}",
           "--config.train.log_every=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
           "--config.model.d_model=32", "--config.model.mlp_dim=64"]

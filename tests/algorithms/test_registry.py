@@ -25,10 +25,11 @@ def test_every_algorithm_has_a_tiny_config_that_validates(name):
     config_lib.validate(config)
 
 
-def test_an_algorithm_registered_by_name_runs_through_the_loop(tmp_path, monkeypatch):
+def test_an_algorithm_registered_by_name_runs_through_the_loop(tmp_path, monkeypatch, fast_init_params):
   """Adding an algorithm = one record in the registry: a toy 'sft_marked' (SFT's loss plus a metric whose
   sum is 7 x the normalizer, so its logged mean is exactly 7) validates and trains through the offline
-  loop with no other change; the marker in metrics.jsonl shows the loop ran the registered loss."""
+  loop with no other change; the marker in metrics.jsonl shows the loop ran the registered loss. (The init
+  is conftest's fast_init_params: the same values, compiled cheaply.)"""
   import json
   from jaxpost.loops import offline
 

@@ -2,6 +2,7 @@
 base exactly, merged weights equal the adapter model, the PEFT export loads in `peft` with the same
 logits, and int8 / int4 / nf4 bases stay close to the f32 model."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +17,24 @@ LORA = dataclasses.replace(CFG, lora_rank=4, lora_alpha=8.0)
 TOKENS = jnp.asarray(np.random.RandomState(0).randint(0, 61, (2, 9)), jnp.int32)
 
 
+# Cheaper XLA:CPU codegen for the init (as kernels/test_attention.py): eagerly, each param's truncated normal
+# compiles for seconds.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.lru_cache(maxsize=None)
 def _params(cfg, seed=0):
-  model = Transformer(cfg, rngs=nnx.Rngs(seed))
-  graphdef, state = nnx.split(model, nnx.Param)
-  return graphdef, nnx.to_pure_dict(state)
+  """(graphdef, params): the model's own init (LoRA's B = 0 included), in one jitted program; one per
+  config (the tests only read the dicts)."""
+  graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed))), nnx.Param)[0]
+  init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param)))
+  return graphdef, init.lower().compile(compiler_options=FAST_COMPILE)()
 
 
 def _trained_adapters(adapters, seed=1):
-  """Random non-zero A and B, as after some training."""
-  leaves, treedef = jax.tree.flatten(adapters)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  """Random non-zero A and B, as after some training (host values: jax.random.normal compiles for seconds)."""
+  rng = np.random.RandomState(seed)
+  return jax.tree.map(lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape), jnp.float32), adapters)
 
 
 def test_fresh_adapters_are_the_identity_and_disabled_adapters_give_the_base():
@@ -60,7 +68,7 @@ def test_targets_and_split_join_round_trip():
   with pytest.raises(ValueError, match="config.lora.target_modules: 'qkv' is not one of"):
     lora.resolve_targets("qkv")
   cfg = dataclasses.replace(LORA, lora_targets=("q", "v"))
-  _, full = _params(cfg)
+  full = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param))  # Shapes.
   base, adapters = lora.split(full)
   assert sorted(adapters["blocks"][1]["attn"]) == ["q_lora_a", "q_lora_b", "v_lora_a", "v_lora_b"]
   assert "mlp" not in adapters["blocks"][1]

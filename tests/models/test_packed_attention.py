@@ -14,6 +14,9 @@ from jaxpost.models import ModelConfig, Transformer
 from jaxpost.models import attention, packed_attention
 from jaxpost.models.packed_attention import segment_runs
 
+# Cheaper XLA:CPU codegen for the programs compiled here with it (as kernels/test_attention.py).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
 
 def test_segment_runs_by_hand():
   seg = jnp.array([[1, 1, 2, 0, 0, 0],     # two examples, then padding: runs at 0, 2, 3 of lengths 2, 1, 3
@@ -27,9 +30,10 @@ def test_segment_runs_by_hand():
 
 
 def _qkv(b=3, t=16, h=4, kvh=2, d=8, seed=0):
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(ks[0], (b, t, h, d)), jax.random.normal(ks[1], (b, t, kvh, d)),
-          jax.random.normal(ks[2], (b, t, kvh, d)))
+  """Standard-normal q, k, v as host values (jax.random.normal compiles for seconds a shape on CPU)."""
+  rng = np.random.default_rng(seed)
+  return tuple(jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((b, t, h, d), (b, t, kvh, d),
+                                                                                  (b, t, kvh, d)))
 
 
 SEGMENTS = jnp.array([[1] * 5 + [2] * 7 + [3] * 2 + [0] * 2,  # packed examples + right padding
@@ -83,12 +87,20 @@ def test_the_packed_branch_is_the_one_taken_when_rows_fit():
 
 def test_transformer_with_packed_cudnn_equals_xla_attention():
   cfg = dict(vocab_size=37, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
-  xla = Transformer(ModelConfig(**cfg, attention="xla"), rngs=nnx.Rngs(0))
-  packed = Transformer(ModelConfig(**cfg, attention="cudnn", cudnn_max_segments=4), rngs=nnx.Rngs(0))
-  tokens = jax.random.randint(jax.random.key(3), SEGMENTS.shape, 0, 37)
+  xla_cfg = ModelConfig(**cfg, attention="xla")
+  packed_cfg = ModelConfig(**cfg, attention="cudnn", cudnn_max_segments=4)
+  # Both models' params are the xla model's own init (nnx.Rngs(0), as each had), jitted once; cheaper codegen
+  # for it and both forwards (eagerly, each param's truncated normal compiles for seconds).
+  init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(xla_cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  params = init.lower().compile(compiler_options=FAST_COMPILE)()
+  tokens = np.random.default_rng(3).integers(0, 37, SEGMENTS.shape).astype(np.int32)
   positions = jnp.array([list(range(5)) + list(range(7)) + [0, 1, 0, 1], list(range(16)), list(range(16))])
-  run = lambda model: nnx.jit(lambda m, *a: m(*a))(model, tokens, positions, SEGMENTS)
-  np.testing.assert_allclose(run(packed), run(xla), atol=1e-5)
+
+  def run(cfg):
+    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
+    args = (params, tokens, positions, SEGMENTS)
+    return jax.jit(lambda p, *a: nnx.merge(graphdef, p)(*a)).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
+  np.testing.assert_allclose(run(packed_cfg), run(xla_cfg), atol=1e-5)
 
 
 def test_negative_max_segments_is_a_config_error():
