@@ -107,6 +107,13 @@ def rl_config() -> ml_collections.ConfigDict:
   c.minibatch_size = 0          # Rows per optimizer update (0 = the whole rollout batch, P*G).
   c.num_epochs = 1              # Passes (mu) over each rollout batch.
   c.old_logps = "sampler"       # Behaviour log-probs: sampler (as sampled) | recompute (trainer, before updates).
+  c.max_staleness = 0           # k: a step trains at policy version t on samples of versions >= t - k, sampled
+                                # ahead by a producer thread while the trainer updates (0 = synchronous loop).
+  c.off_policy_correction = "none"  # none | tis (truncated IS) | decoupled (AReaL's decoupled PPO); see
+                                # jaxpost/algorithms/off_policy.py. tis/decoupled recompute the proximal log-probs.
+  c.is_cap = 0.0                # Importance-weight cap C of tis/decoupled (0 = the correction's default: 2 / 5).
+  c.rollout_devices = 0         # n > 0: the first n devices sample (their own mesh, weights copied after each
+                                # update), the rest train; 0 = sampling shares the training mesh.
   c.max_prompt_len = 64         # Longer prompts are dropped (and counted).
   c.max_new_tokens = 16         # Completion budget.
   c.temperature = 1.0           # Sampling temperature, > 0 (the loss uses the same one).
@@ -289,6 +296,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     size = config.mesh[axis]
     _check(size == -1 or size > 0, f"mesh.{axis}", f"must be > 0 or -1, got {size}")
   _check(sum(config.mesh[a] == -1 for a in MESH_AXES) <= 1, "mesh", "at most one axis may be -1")
+  if num_devices is not None and online and config.rl.rollout_devices:
+    n = config.rl.rollout_devices
+    _check(n < num_devices, "rl.rollout_devices", f"{n} leaves none of the {num_devices} devices to train on")
+    num_devices -= n  # The training mesh is the rest.
   if num_devices is not None:
     fixed = 1
     for axis in MESH_AXES:
@@ -316,6 +327,11 @@ def _validate_rl(config) -> None:
   mb = r.minibatch_size or rows
   _check(rows % mb == 0, "rl.minibatch_size", f"{mb} does not divide the rollout batch of {rows} rows")
   _check(r.max_refills >= 0, "rl.max_refills", f"must be >= 0, got {r.max_refills}")
+  _check(r.max_staleness >= 0, "rl.max_staleness", f"must be >= 0, got {r.max_staleness}")
+  _check(r.rollout_devices >= 0, "rl.rollout_devices", f"must be >= 0, got {r.rollout_devices}")
+  _check(not ((r.max_staleness or r.rollout_devices) and r.sampler != "engine"),
+         "rl.max_staleness" if r.max_staleness else "rl.rollout_devices",
+         "asynchronous rollouts run on the rollout engine; set rl.sampler=engine")
   _choice(config, "rl.sampler", ("engine", "static"))
   for key in ("num_slots", "num_pages"):
     _check(r.engine[key] >= 0, f"rl.engine.{key}", f"must be >= 0 (0 = automatic), got {r.engine[key]}")

@@ -40,6 +40,8 @@ class Rollouts:
   reward_fns: object
   sampling: sampling_lib.SamplingConfig | None = None  # rl's sampler settings, built once (sample() varies G, T, seed).
   engine: engine_lib.Engine | None = None  # Built on first use under rl.sampler = engine (its page pool persists).
+  eval_engine: engine_lib.Engine | None = None  # evaluate()'s own, when rollouts run on another thread.
+  separate_eval_engine: bool = False  # Asynchronous loop: the producer thread owns `engine`.
 
   def __post_init__(self):
     if self.sampling is None:
@@ -86,9 +88,9 @@ class Rollouts:
     return out
 
   def sample(self, params, batch_prompts, *, seed: int, num_samples: int | None = None,
-             temperature: float | None = None):
+             temperature: float | None = None, purpose: str = "train"):
     """G samples (num_samples, default rl.num_generations) of each prompt at `temperature` (default
-    rl.temperature) -> sampling.SampleOutput."""
+    rl.temperature) -> sampling.SampleOutput. purpose: "eval" samples on the evaluation's engine."""
     cfg = dataclasses.replace(self.sampling, seed=seed, num_samples=num_samples or self.sampling.num_samples,
                               temperature=self.sampling.temperature if temperature is None else temperature)
     if self.rl.sampler == "static":
@@ -96,41 +98,50 @@ class Rollouts:
                                    pad_id=self.tokenizer.pad_id or 0,
                                    compiler_options=sampling_lib.CUDA_GRAPHS if self.rl.cuda_graphs else ())
     requests = [self._request(p, seed, k, cfg.num_samples) for k, p in enumerate(batch_prompts)]
-    done = self._engine(params).generate(params, requests, cfg)
+    done = self._engine(params, purpose).generate(params, requests, cfg)
     return sample_output(done, cfg.max_new_tokens, self.tokenizer.pad_id or 0)
 
-  def collect(self, params, loop_state: dict, *, seed: int, judge) -> tuple[list["Group"], dict]:
+  def collect(self, params, loop_state: dict, *, seed: int, judge, version: int = 0, weights=None,
+              cancel=None) -> tuple[list["Group"], dict]:
     """Groups of G samples until rl.prompts_per_step (P) are kept or rl.max_refills * P more prompts are spent
     (the engine: replacements as requests; static: whole rounds of P). May return more than P kept groups.
 
     judge(prompts, out) -> (keep (k,) bool, rewards (k*G,), metrics) scores k complete groups at once (out:
     their rows, G per prompt, in order); each rejected group's prompt is replaced by the next prompt.
-    Returns (every judged Group, kept or not, in the order judged; the judge's metrics over all its rows)."""
+    version: the params' policy version, recorded per token. weights() -> (version, params), if given, is read
+    at each of the engine's host checks (weights updated mid-sample). cancel() -> True stops early (the
+    groups judged so far are returned). Returns (every judged Group, kept or not, in the order judged; the
+    judge's metrics over all its rows)."""
     rl = self.rl
     g, want, spare = rl.num_generations, rl.prompts_per_step, rl.max_refills * rl.prompts_per_step
     judged, parts = [], []
 
-    def judge_groups(prompts, out) -> None:
-      """Judges len(prompts) groups (out: their rows, G per prompt)."""
+    def judge_groups(prompts, out, versions) -> None:
+      """Judges len(prompts) groups (out: their rows, G per prompt; versions (k*G, N) int32, -1 past the end)."""
       keep, rewards, metrics = judge(prompts, out)
       parts.append((len(prompts) * g, metrics))
       for p, prompt in enumerate(prompts):
         rows = slice(p * g, (p + 1) * g)
         judged.append(Group(prompt, sampling_lib.SampleOutput(out.tokens[rows], out.lengths[rows],
                                                               out.finish_reasons[rows], out.logps[rows]),
-                            bool(keep[p]), np.asarray(rewards[rows])))
+                            bool(keep[p]), np.asarray(rewards[rows]), versions[rows]))
 
     if rl.sampler == "static":  # Rounds of P fresh prompts (one batch shape, one compile) while groups miss.
       for round_ in range(rl.max_refills + 1):
         prompts = self.next_prompts(want, loop_state)
-        judge_groups(prompts, self.sample(params, prompts, seed=seed + round_))
-        if sum(x.keep for x in judged) >= want:
+        out = self.sample(params, prompts, seed=seed + round_)
+        versions = np.where(np.arange(out.tokens.shape[1]) < out.lengths[:, None], version, -1).astype(np.int32)
+        judge_groups(prompts, out, versions)
+        if sum(x.keep for x in judged) >= want or (cancel is not None and cancel()):
           break
       return judged, merge_metrics(parts)
     prompts = self.next_prompts(want, loop_state)
     requests = [self._request(p, seed, k, g) for k, p in enumerate(prompts)]
     samples = collections.defaultdict(list)
-    for finished in self._engine(params).stream_chunks(params, requests, self.sampling):
+    for finished in self._engine(params).stream_chunks(params, requests, self.sampling, version=version,
+                                                       weights=weights):
+      if cancel is not None and cancel():
+        break
       complete = []  # Requests whose G samples are all done at this check.
       for c in finished:
         samples[c.request].append(c)
@@ -139,7 +150,8 @@ class Rollouts:
       if not complete:
         continue
       done = [x for r in complete for x in sorted(samples.pop(r), key=lambda x: x.sample)]
-      judge_groups([prompts[r] for r in complete], sample_output(done, rl.max_new_tokens, self.tokenizer.pad_id or 0))
+      judge_groups([prompts[r] for r in complete], sample_output(done, rl.max_new_tokens, self.tokenizer.pad_id or 0),
+                   sample_versions(done, rl.max_new_tokens))
       kept = sum(x.keep for x in judged)
       if kept >= want:
         break  # Enough: the requests still running are dropped (the engine frees their pages).
@@ -159,19 +171,26 @@ class Rollouts:
     return engine_lib.Request(prompt=prompt["tokens"], num_samples=num_samples, max_new_tokens=self.rl.max_new_tokens,
                               stop_token_ids=self.stop_ids, seed=request_seed)
 
-  def _engine(self, params) -> engine_lib.Engine:
-    """The rollout engine, built on first use: rl.engine's slots and pages (0 = automatic, see config.py)."""
+  def _engine(self, params, purpose: str = "train") -> engine_lib.Engine:
+    """The rollout engine, built on first use: rl.engine's slots and pages (0 = automatic, see config.py);
+    purpose "eval" gets a second one when `separate_eval_engine` (an engine serves one thread)."""
+    if purpose == "eval" and self.separate_eval_engine:
+      if self.eval_engine is None:
+        self.eval_engine = self._new_engine(params)
+      return self.eval_engine
     if self.engine is None:
-      from flax import nnx
-      rl, e = self.rl, self.rl.engine
-      slots = e.num_slots or rl.prompts_per_step * rl.num_generations
-      max_seq_len = rl.max_prompt_len + rl.max_new_tokens
-      pages = e.num_pages or slots * -(-(max_seq_len - 1) // e.page_size)
-      config = engine_lib.EngineConfig(num_slots=slots, page_size=e.page_size, num_pages=pages,
-                                       max_seq_len=max_seq_len,
-                                       steps_per_check=min(e.steps_per_check, rl.max_new_tokens))
-      self.engine = engine_lib.Engine(self.graphdef, nnx.merge(self.graphdef, params).cfg, config)
+      self.engine = self._new_engine(params)
     return self.engine
+
+  def _new_engine(self, params) -> engine_lib.Engine:
+    from flax import nnx
+    rl, e = self.rl, self.rl.engine
+    slots = e.num_slots or rl.prompts_per_step * rl.num_generations
+    max_seq_len = rl.max_prompt_len + rl.max_new_tokens
+    pages = e.num_pages or slots * -(-(max_seq_len - 1) // e.page_size)
+    config = engine_lib.EngineConfig(num_slots=slots, page_size=e.page_size, num_pages=pages,
+                                     max_seq_len=max_seq_len, steps_per_check=min(e.steps_per_check, rl.max_new_tokens))
+    return engine_lib.Engine(self.graphdef, nnx.merge(self.graphdef, params).cfg, config)
 
   def score(self, out, batch_prompts, num_samples: int):
     """(rewards (R,) f32, reward metrics) of sampled rows (see `score_rows`)."""
@@ -189,7 +208,7 @@ class Rollouts:
     """Greedy decoding of the held-out prompts: mean reward, and where a verifier defines correctness,
     accuracy (% of prompts answered correctly) and, if asked, pass@k (% with a correct one of k samples)."""
     rl = self.rl
-    out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0)
+    out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0, purpose="eval")
     rewards, metrics, correct = self.score_rows(out, self.eval_prompts, 1)
     result = {"eval/reward/mean": float(np.mean(rewards))}
     if correct is not None:
@@ -198,7 +217,7 @@ class Rollouts:
     result.update({"eval/" + k[len("reward/"):]: v for k, v in metrics.items()
                    if k.endswith(("/anchored", "/fallback")) or k.startswith("reward/truncated")})
     if rl.pass_k:
-      out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, seed=1)
+      out = self.sample(params, self.eval_prompts, num_samples=rl.pass_k, seed=1, purpose="eval")
       _, _, correct = self.score_rows(out, self.eval_prompts, rl.pass_k)
       result[f"eval/pass@{rl.pass_k}"] = 100.0 * float(np.mean(correct.reshape(-1, rl.pass_k).any(axis=1)))
     return result
@@ -211,6 +230,11 @@ class Group:
   out: sampling_lib.SampleOutput
   keep: bool
   rewards: np.ndarray
+  versions: np.ndarray  # (G, N) int32: the policy version that sampled each token (-1 past a sample's end).
+
+  def oldest(self) -> int:
+    """The oldest policy version any of its tokens came from."""
+    return int(self.versions[self.versions >= 0].min(initial=np.iinfo(np.int32).max))
 
 
 def sample_output(completions, max_new_tokens: int, pad_id: int) -> sampling_lib.SampleOutput:
@@ -221,6 +245,14 @@ def sample_output(completions, max_new_tokens: int, pad_id: int) -> sampling_lib
     tokens[r, :len(c.tokens)], logps[r, :len(c.tokens)] = c.tokens, c.logps
   return sampling_lib.SampleOutput(tokens=tokens, lengths=np.array([len(c.tokens) for c in completions], np.int32),
                                    finish_reasons=[c.finish_reason for c in completions], logps=logps)
+
+
+def sample_versions(completions, max_new_tokens: int) -> np.ndarray:
+  """Engine completions, in row order -> their tokens' policy versions (R, N) int32, -1 past each end."""
+  versions = np.full((len(completions), max_new_tokens), -1, np.int32)
+  for r, c in enumerate(completions):
+    versions[r, :len(c.tokens)] = c.versions
+  return versions
 
 
 def merge_metrics(parts: list[tuple[int, dict]]) -> dict:

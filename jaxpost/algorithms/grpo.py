@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxpost import logprobs as logprobs_lib
 from jaxpost.algorithms import kl as kl_lib
+from jaxpost.algorithms import off_policy
 from jaxpost.algorithms import base
 from jaxpost.algorithms.base import Algorithm
 
@@ -272,17 +273,23 @@ def aggregate(per_token, mask, mode: str, *, segment_ids=None, max_len: int | No
 def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = "seq_mean_token_mean",
                       beta: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
                       epsilon_low: float = 0.2, epsilon_high: float | None = None, dual_clip: float | None = None,
-                      logprob_impl: str = "naive", temperature: float = 1.0, max_len: int | None = None):
+                      logprob_impl: str = "naive", temperature: float = 1.0, max_len: int | None = None,
+                      off_policy_correction: str = "none", is_cap: float = 0.0):
   """Returns (loss_fn(params, batch, frozen) -> (loss_sum, metric_sums), normalizer(batch)).
 
-  Per token: l = policy_loss + beta * KL(pi || pi_ref) - entropy_coef * H, aggregated by `aggregation`.
+  Per token: l = w' * policy_loss + beta * KL(pi || pi_ref) - entropy_coef * H, aggregated by `aggregation`;
+  w' = 1, or under `off_policy_correction` (tis | decoupled, cap `is_cap`, 0 = the correction's default) the
+  behaviour weight of jaxpost/algorithms/off_policy.py from `old_logps` (the proximal policy, recomputed by
+  the trainer) and `behav_logps` (the sampler's).
 
   batch: inputs, targets, positions, segment_ids, loss_mask (1 on completion tokens) [B, T] int32;
   advantages [B] (or [B, T]) f32; old_logps [B, T] (optional: absent means on-policy, ratio 1);
-  ref_logps [B, T] (needed when beta > 0; when present with beta = 0 the KL is still reported).
+  ref_logps [B, T] (needed when beta > 0; when present with beta = 0 the KL is still reported);
+  behav_logps [B, T] (needed by an off-policy correction: the sampler's log-probs).
   Metric sums share the normalizer: `loss` and `pg_loss` (the policy term alone) aggregate like the loss;
   `kl`, `entropy`, `ratio`, `clip_frac` (+ `_low`, `_high`, `dual_clip_frac`) are means per token
-  (token_mean) or means of per-sequence token means (the other modes, so no max_len factor).
+  (token_mean) or means of per-sequence token means (the other modes, so no max_len factor); under a
+  correction also `is_weight`, `is_capped` (the fraction the cap changed) and `logp_gap`.
   `temperature` must be the sampler's, so that logps match the distribution the completions came from.
   """
   if policy_loss not in POLICY_LOSSES:
@@ -293,6 +300,10 @@ def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = 
     raise ValueError(f"unknown KL estimator {kl_estimator!r}; choose one of {sorted(kl_lib.KL_ESTIMATORS)}")
   if aggregation == "seq_mean_token_sum_norm" and not max_len:
     raise ValueError("aggregation='seq_mean_token_sum_norm' needs max_len (the maximum completion length)")
+  if off_policy_correction not in off_policy.CORRECTIONS:
+    raise ValueError(f"unknown off-policy correction {off_policy_correction!r}; choose one of "
+                     f"{off_policy.CORRECTIONS}")
+  is_cap = is_cap or off_policy.DEFAULT_CAPS.get(off_policy_correction, 0.0)
   epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
   metric_mode = "token_mean" if aggregation == "token_mean" else "seq_mean_token_mean"
   policy_fn = POLICY_LOSSES[policy_loss]
@@ -317,6 +328,15 @@ def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = 
                "clip_frac": jnp.maximum(token_metrics["clipped_low"], token_metrics["clipped_high"]),
                "clip_frac_low": token_metrics["clipped_low"], "clip_frac_high": token_metrics["clipped_high"],
                "dual_clip_frac": token_metrics["dual_clipped"]}
+    if off_policy_correction != "none":
+      if "behav_logps" not in batch or "old_logps" not in batch:
+        raise KeyError(f"off_policy_correction={off_policy_correction!r} needs batch['old_logps'] (proximal) and "
+                       f"batch['behav_logps'] (sampler); batch has {sorted(batch)}")
+      weights, is_metrics = off_policy.behaviour_weights(old_logps, batch["behav_logps"], mask,
+                                                         correction=off_policy_correction, cap=is_cap)
+      per_token = per_token * weights  # (B, T)
+      metrics.update(is_metrics)
+      metrics["pg_loss"] = per_token
     if "ref_logps" in batch:
       kl = kl_lib.kl_estimate(logps, batch["ref_logps"], kl_estimator)  # (B, T)
       metrics["kl"] = kl
@@ -398,7 +418,8 @@ def loss_from_config(config, models):
       models.graphdef, policy_loss=rl.policy_loss, aggregation=rl.aggregation,
       beta=0.0 if rl.kl_in_reward else rl.beta, kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
       epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None,
-      logprob_impl=models.model_cfg.logprob_impl, temperature=rl.temperature, max_len=rl.max_new_tokens)
+      logprob_impl=models.model_cfg.logprob_impl, temperature=rl.temperature, max_len=rl.max_new_tokens,
+      off_policy_correction=rl.off_policy_correction, is_cap=rl.is_cap)
 
 
 def batch_preparer(config, models):
@@ -418,6 +439,12 @@ def validate(config, checks) -> None:
   checks.check(r.num_generations > 1 or r.advantage == "reinforce_pp", "rl.num_generations",
                f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
   checks.check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
+  checks.choice("rl.off_policy_correction", off_policy.CORRECTIONS)
+  checks.check(r.is_cap == 0 or r.is_cap > 1, "rl.is_cap",
+               f"must be 0 (the correction's default) or > 1, got {r.is_cap}")
+  checks.check(r.off_policy_correction == "none" or r.old_logps == "sampler", "rl.old_logps",
+               f"{r.old_logps!r} with rl.off_policy_correction={r.off_policy_correction!r}: the correction recomputes "
+               "the proximal log-probs itself and keeps the sampler's as the behaviour policy; leave it at 'sampler'")
 
 
 ALGORITHM = Algorithm(

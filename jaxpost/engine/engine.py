@@ -29,6 +29,10 @@ Deviations from a production engine (vLLM-style), for later steps: no preemption
 worst case instead); prefill is its own call, not fused into the decode batch; paged attention gathers a
 slot's whole page table (max_seq_len keys), not only the pages it holds; the host loop reads every chunk's
 outputs (one process; the static sampler serves multi-host runs); one temperature / top-k / top-p per call.
+
+Weight updates mid-stream (`weights=`, the asynchronous online loop's split pools): the params are read
+again at each host check, so running samples continue on new weights; every token records the version of
+the params that sampled it. Keys and values cached under older weights are kept, not recomputed.
 """
 from __future__ import annotations
 
@@ -85,12 +89,14 @@ class Request:
 @dataclasses.dataclass(frozen=True)
 class Completion:
   """Sample `sample` of request `request` (its index in the list given): tokens (stop token included),
-  logps (len(tokens),) f32 under the sampling distribution, finish_reason 'stop' or 'length'."""
+  logps (len(tokens),) f32 under the sampling distribution, finish_reason 'stop' or 'length', versions
+  (len(tokens),) int32: the params version that sampled each token."""
   request: int
   sample: int
   tokens: list[int]
   logps: np.ndarray
   finish_reason: str
+  versions: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- Jitted pieces
@@ -180,6 +186,7 @@ class _Running:
   own: int = 0
   tokens: list = dataclasses.field(default_factory=list)
   logps: list = dataclasses.field(default_factory=list)
+  versions: list = dataclasses.field(default_factory=list)
 
 
 class Engine:
@@ -228,29 +235,32 @@ class Engine:
     return sorted(self.stream(params, requests, sampling), key=lambda c: (c.request, c.sample))
 
   def stream(self, params, requests: list[Request], sampling: sampling_lib.SamplingConfig, *,
-             on_tokens=None) -> Iterator[Completion]:
+             on_tokens=None, version: int = 0, weights=None) -> Iterator[Completion]:
     """Yields each sample as soon as it finishes (see `stream_chunks`)."""
-    for finished in self.stream_chunks(params, requests, sampling, on_tokens=on_tokens):
+    for finished in self.stream_chunks(params, requests, sampling, on_tokens=on_tokens, version=version,
+                                       weights=weights):
       yield from finished
 
   def stream_chunks(self, params, requests: list[Request], sampling: sampling_lib.SamplingConfig, *,
-                    on_tokens=None) -> Iterator[list[Completion]]:
+                    on_tokens=None, version: int = 0, weights=None) -> Iterator[list[Completion]]:
     """Yields the samples that finished at each host check (a non-empty list each time). `requests` may grow
     while this runs (the caller appends to the list, e.g. refills after a completion): appended requests
     queue behind the others and can start at the very next check.
 
     sampling: temperature / top_k / top_p for every request (its other fields are per request here).
     on_tokens(request, sample, tokens): called with each sample's new tokens as they reach the host.
+    version: recorded on every token sampled with `params`. weights() -> (version, params), if given, is
+    called at each host check and its params used from then on (running samples continue on them).
     A caller may stop iterating early (close the generator): the samples still running are dropped and
     every page returns to the pool."""
     try:
-      yield from self._chunks(params, requests, sampling, on_tokens)
+      yield from self._chunks(params, requests, sampling, on_tokens, version, weights)
     finally:
       if self.pool.num_free != self.pool.num_pages:  # Abandoned (or failed) midway: start clean.
         self.pool = pages_lib.PagePool(self.config.num_pages, self.config.page_size)
         self.tables = pages_lib.PageTables(self.config.num_slots, self.config.max_pages)
 
-  def _chunks(self, params, requests, sampling, on_tokens) -> Iterator[list[Completion]]:
+  def _chunks(self, params, requests, sampling, on_tokens, version, weights) -> Iterator[list[Completion]]:
     """`stream_chunks`' loop."""
     sampling = dataclasses.replace(sampling, max_new_tokens=1, num_samples=1, seed=0, stop_token_ids=())
     self.pages = forward_lib.place_pages(self.pages, params)
@@ -272,7 +282,8 @@ class Engine:
       slots["active"][s] = False
       stop = requests[run.request].stop_token_ids
       reason = "stop" if run.tokens[-1] in stop else "length"
-      return Completion(run.request, run.sample, run.tokens, np.asarray(run.logps, np.float32), reason)
+      return Completion(run.request, run.sample, run.tokens, np.asarray(run.logps, np.float32), reason,
+                        np.asarray(run.versions, np.int32))
 
     def claimable() -> int:  # Pages running samples may still allocate.
       return sum(run.max_own - run.own for run in running if run is not None)
@@ -281,6 +292,7 @@ class Engine:
       run = running[s]
       run.tokens.extend(tokens)
       run.logps.extend(logps)
+      run.versions.extend([version] * len(tokens))
       if on_tokens is not None and tokens:
         on_tokens(run.request, run.sample, list(tokens))
 
@@ -294,6 +306,8 @@ class Engine:
         seen += 1
       if not pending and all(run is None for run in running):
         return
+      if weights is not None:
+        version, params = weights()
       # ---- Refill free slots in FIFO order (a sample that does not fit yet waits; nothing overtakes it).
       admitted = []  # (slot, prompt tokens to prefill, their start position, base key)
       for s in range(b):

@@ -277,6 +277,29 @@ def test_requests_appended_while_streaming_queue_behind_and_match_a_run_alone():
   assert [c.tokens for c in engine.generate(params, [extra], SAMPLED)] == [c.tokens for c in alone]
 
 
+def test_weights_swapped_mid_stream_record_each_tokens_version():
+  """weights() gives (0, A) at the first host check and (1, B) after (how split rollout pools take an update):
+  5 greedy requests through 2 slots, 3 decode steps a check. Request 0 (budget 8) samples 4 tokens under A
+  (prefill + one chunk) and its other 4 under B, recorded per token; requests 2-4 start after the swap, so
+  they are B's own greedy completions. Without weights=, every token carries `version`."""
+  graphdef, a = _model()
+  b = jax.tree.map(lambda x: x * 1.5, a)
+  calls = []
+
+  def weights():
+    calls.append(len(calls))
+    return (0, a) if len(calls) == 1 else (1, b)
+  engine = _engine(graphdef, a)
+  mixed = sorted(engine.stream(a, _requests(), GREEDY, weights=weights), key=lambda c: c.request)
+  assert mixed[0].versions.tolist() == [0] * 4 + [1] * 4 and len(calls) > 2
+  alone_b = engine.generate(b, _requests(), GREEDY)
+  for c, ref in zip(mixed[2:], alone_b[2:]):
+    assert c.tokens == ref.tokens and set(c.versions.tolist()) == {1}
+  fixed = engine.generate(a, _requests(), GREEDY)
+  assert all(c.versions.tolist() == [0] * len(c.tokens) for c in fixed)
+  assert [c.versions.tolist() for c in engine.stream(a, _requests()[:1], GREEDY, version=7)] == [[7] * 8]
+
+
 def test_sharded_over_8_devices_equals_one_device():
   """Params sharded data=2 x fsdp=2 x tensor=2 (pages split over the 2 KV heads) under jax.set_mesh: the same
   sampled tokens as on one device, log-probs within 1e-5."""
