@@ -57,6 +57,16 @@ def _hf_logits(model, tokens: np.ndarray) -> np.ndarray:
 
 
 TOKENS = np.random.RandomState(0).randint(0, V, (2, T))
+# Cheaper XLA:CPU codegen for the jitted forwards (as kernels/test_attention.py).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _logits(model, tokens: np.ndarray) -> np.ndarray:
+  """The jaxpost model's logits, in one compiled program (not op by op)."""
+  graphdef, state = nnx.split(model)
+  tokens = jnp.asarray(tokens, jnp.int32)
+  forward = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))
+  return np.asarray(forward.lower(state, tokens).compile(compiler_options=FAST_COMPILE)(state, tokens))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -64,7 +74,7 @@ def test_logits_match_transformers_and_export_round_trips(family, tmp_path):
   ref_model = _hf_model(family, str(tmp_path / "hf"))
   ref = _hf_logits(ref_model, TOKENS)
   model = hf.from_pretrained(str(tmp_path / "hf"))
-  out = np.asarray(model(jnp.asarray(TOKENS, jnp.int32)))  # (B, T, V)
+  out = _logits(model, TOKENS)  # (B, T, V)
   assert np.abs(out - ref).max() <= 1e-4, np.abs(out - ref).max()
 
   hf.save_pretrained(model, str(tmp_path / "out"))
@@ -92,10 +102,10 @@ def test_sharded_checkpoint_with_index_and_mesh_and_scan(tmp_path):
   sharded = hf.from_pretrained(str(tmp_path / "sharded"), mesh=mesh)
   q = sharded.blocks[0].attn.q[...]
   assert q.sharding.spec != jax.sharding.PartitionSpec() and len(q.addressable_shards) == 8
-  np.testing.assert_allclose(np.asarray(sharded(jnp.asarray(TOKENS, jnp.int32))), ref, atol=1e-4)
+  np.testing.assert_allclose(_logits(sharded, TOKENS), ref, atol=1e-4)
   scanned = hf.from_pretrained(str(tmp_path / "sharded"), scan_layers=True)
   assert scanned.blocks.attn.q[...].shape[0] == 4  # (L, D, H, hd)
-  np.testing.assert_allclose(np.asarray(scanned(jnp.asarray(TOKENS, jnp.int32))), ref, atol=1e-4)
+  np.testing.assert_allclose(_logits(scanned, TOKENS), ref, atol=1e-4)
   # ... and transformers reads the sharded export too.
   again = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "sharded")).float().eval()
   np.testing.assert_allclose(_hf_logits(again, TOKENS), ref, atol=1e-4)
