@@ -115,7 +115,13 @@ def rl_config() -> ml_collections.ConfigDict:
   c.rollout_devices = 0         # n > 0: the first n devices sample (their own mesh, weights copied after each
                                 # update), the rest train; 0 = sampling shares the training mesh.
   c.max_prompt_len = 64         # Longer prompts are dropped (and counted).
-  c.max_new_tokens = 16         # Completion budget.
+  c.max_new_tokens = 16         # Completion budget (with rl.env: everything after the prompt, all turns and the
+                                # environment's tokens).
+  c.env = ""                    # Multi-turn episodes in this environment (jaxpost/envs: calculator | python |
+                                # single_turn): its tools in the chat template, loss on the model's tokens only;
+                                # its outcome scored by reward_fns. "" = one reply per prompt.
+  c.max_turns = 4               # Assistant turns per episode (rl.env).
+  c.max_turn_tokens = 0         # Tokens per assistant turn (rl.env; 0 = max_new_tokens).
   c.temperature = 1.0           # Sampling temperature, > 0 (the loss uses the same one).
   c.top_k = 0                   # 0 = off.
   c.top_p = 1.0                 # 1 = off.
@@ -333,6 +339,13 @@ def _validate_rl(config) -> None:
          "rl.max_staleness" if r.max_staleness else "rl.rollout_devices",
          "asynchronous rollouts run on the rollout engine; set rl.sampler=engine")
   _choice(config, "rl.sampler", ("engine", "static"))
+  if r.env:
+    from jaxpost import envs
+    _check(r.env in envs.ENVS, "rl.env", f"unknown environment {r.env!r}; registered: {', '.join(sorted(envs.ENVS))}")
+    _check(r.sampler == "engine", "rl.env", "episodes run on the rollout engine; set rl.sampler=engine")
+    _check(r.max_turns > 0, "rl.max_turns", f"must be > 0, got {r.max_turns}")
+    _check(0 <= r.max_turn_tokens <= r.max_new_tokens, "rl.max_turn_tokens",
+           f"must be in [0, rl.max_new_tokens={r.max_new_tokens}], got {r.max_turn_tokens}")
   for key in ("num_slots", "num_pages"):
     _check(r.engine[key] >= 0, f"rl.engine.{key}", f"must be >= 0 (0 = automatic), got {r.engine[key]}")
   for key in ("page_size", "steps_per_check"):

@@ -6,8 +6,13 @@ Sampling goes through the rollout engine (jaxpost/engine, rl.sampler = engine): 
 prompt's request while the others still decode; or through the static sampler (rl.sampler = static,
 `sampling.generate`), rounds of one padded batch of P prompts.
 
+Under rl.env each sample is a multi-turn episode (jaxpost/envs): its prompt is the environment's opening
+prompt (tools included), its completion every later token (the model's turns and the environment's tokens
+between them), its reward the environment's; the environment's tokens carry no loss (`Group.model_mask`).
+
 Row r = prompt (P_r tokens) + completion (C_r tokens, its stop token included), right-padded to T:
-  inputs = row[:-1], targets = row[1:], loss_mask = 1 where the target is a completion token.
+  inputs = row[:-1], targets = row[1:], loss_mask = 1 where the target is a completion token (a model token,
+  under rl.env).
 `old_logps` sit on the same positions: the sampler's log-prob of completion token j lands at column
 P_r - 1 + j (the column whose target it is).
 """
@@ -113,6 +118,8 @@ class Rollouts:
     groups judged so far are returned). Returns (every judged Group, kept or not, in the order judged; the
     judge's metrics over all its rows)."""
     rl = self.rl
+    if rl.env:
+      return self._collect_episodes(params, loop_state, seed=seed, judge=judge, version=version, cancel=cancel)
     g, want, spare = rl.num_generations, rl.prompts_per_step, rl.max_refills * rl.prompts_per_step
     judged, parts = [], []
 
@@ -165,6 +172,77 @@ class Rollouts:
         requests.append(self._request(prompts[-1], seed, len(requests), g))
     return judged, merge_metrics(parts)
 
+  def episodes(self, params, batch_prompts, *, seed: int, num_samples: int, temperature: float | None = None,
+               version: int = 0, purpose: str = "train"):
+    """num_samples episodes of rl.env per prompt (row r: prompt r // num_samples) -> (SampleOutput of the
+    completions after each opening prompt, model_mask (R, N) bool, the opening prompts' ids (P lists),
+    rewards (R,) f32, metrics)."""
+    from jaxpost import envs
+    from jaxpost.envs import episode as episode_lib
+    rl = self.rl
+    cfg = dataclasses.replace(self.sampling, temperature=self.sampling.temperature if temperature is None else temperature)
+    generate = episode_lib.engine_generate(self._engine(params, purpose), params, cfg, seed=seed,
+                                           stop_ids=self.stop_ids, version=version)
+    make = lambda record: envs.make(rl.env, record, reward_fns=rl.reward_fns)
+    try:
+      eps = episode_lib.run_episodes([make(p["record"]) for p in batch_prompts for _ in range(num_samples)],
+                                     self.tokenizer, generate, max_turns=rl.max_turns,
+                                     max_turn_tokens=rl.max_turn_tokens or rl.max_new_tokens,
+                                     max_completion_tokens=rl.max_new_tokens, max_prompt_tokens=rl.max_prompt_len)
+    except ValueError as e:
+      if "opening prompt" not in str(e):
+        raise
+      raise ConfigError(f"config.rl.max_prompt_len={rl.max_prompt_len}: rl.env={rl.env!r}: {e}") from None
+    n = rl.max_new_tokens
+    tokens = np.full((len(eps), n), self.tokenizer.pad_id or 0, np.int32)
+    logps, mask = np.zeros((len(eps), n), np.float32), np.zeros((len(eps), n), bool)
+    for r, e in enumerate(eps):
+      c = len(e.tokens) - e.prompt_len
+      tokens[r, :c], logps[r, :c] = e.tokens[e.prompt_len:], e.logps[e.prompt_len:]
+      mask[r, :c] = e.model_mask[e.prompt_len:]
+    out = sampling_lib.SampleOutput(tokens=tokens, lengths=np.array([len(e.tokens) - e.prompt_len for e in eps],
+                                                                    np.int32),
+                                    finish_reasons=["stop" if e.done else "length" for e in eps], logps=logps)
+    rewards = np.array([e.reward for e in eps], np.float32)
+    metrics = {"reward/env": float(rewards.mean()) if len(eps) else 0.0, **episode_lib.episode_metrics(eps)}
+    if any(r.weight != 0 and rewards_lib.is_verifier(r.fn) for r in self.reward_fns):
+      metrics["accuracy"] = 100.0 * float((rewards >= 1.0).mean()) if len(eps) else 0.0
+    prompts = [eps[p * num_samples].tokens[:eps[p * num_samples].prompt_len] for p in range(len(batch_prompts))]
+    return out, mask, prompts, rewards, metrics
+
+  def _collect_episodes(self, params, loop_state: dict, *, seed: int, judge, version: int, cancel):
+    """`collect` under rl.env: rounds of episodes for the prompts still missing (P, then the groups the judge
+    dropped), rl.max_refills rounds at most; the judge sees the environments' rewards (`scored`)."""
+    rl, g = self.rl, self.rl.num_generations
+    judged, parts = [], []
+    for round_ in range(rl.max_refills + 1):
+      missing = rl.prompts_per_step - sum(x.keep for x in judged)
+      prompts = self.next_prompts(missing, loop_state)
+      out, mask, opening, rewards, metrics = self.episodes(params, prompts, seed=seed + round_, num_samples=g,
+                                                           version=version)
+      prompts = [dict(p, tokens=ids) for p, ids in zip(prompts, opening)]  # The rows start with the env's prompt.
+      keep, shaped, metrics = judge(prompts, out, scored=(rewards, metrics))
+      parts.append((len(prompts) * g, metrics))
+      versions = np.where(mask, version, -1).astype(np.int32)
+      for p, prompt in enumerate(prompts):
+        rows = slice(p * g, (p + 1) * g)
+        judged.append(Group(prompt, sampling_lib.SampleOutput(out.tokens[rows], out.lengths[rows],
+                                                              out.finish_reasons[rows], out.logps[rows]),
+                            bool(keep[p]), np.asarray(shaped[rows]), versions[rows], mask[rows]))
+      if sum(x.keep for x in judged) >= rl.prompts_per_step or (cancel is not None and cancel()):
+        break
+    return judged, merge_metrics(parts)
+
+  def _evaluate_episodes(self, params) -> dict:
+    """Greedy episodes of the held-out prompts: mean reward, accuracy (where a verifier scores the outcome) and
+    the episodes' metrics (turns, tool calls, ...)."""
+    out, _, _, rewards, metrics = self.episodes(params, self.eval_prompts, seed=0, num_samples=1, temperature=0.0,
+                                                purpose="eval")
+    del out
+    result = {"eval/reward/mean": float(np.mean(rewards))}
+    result.update({"eval/" + k: v for k, v in metrics.items() if k == "accuracy" or k.startswith("episode/")})
+    return result
+
   def _request(self, prompt: dict, seed: int, k: int, num_samples: int) -> engine_lib.Request:
     """The engine request of the k-th prompt drawn under `seed`: its own seed, hashed from (seed, k)."""
     request_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0] % 2 ** 31)
@@ -208,6 +286,8 @@ class Rollouts:
     """Greedy decoding of the held-out prompts: mean reward, and where a verifier defines correctness,
     accuracy (% of prompts answered correctly) and, if asked, pass@k (% with a correct one of k samples)."""
     rl = self.rl
+    if rl.env:
+      return self._evaluate_episodes(params)
     out = self.sample(params, self.eval_prompts, num_samples=1, temperature=0.0, seed=0, purpose="eval")
     rewards, metrics, correct = self.score_rows(out, self.eval_prompts, 1)
     result = {"eval/reward/mean": float(np.mean(rewards))}
@@ -231,6 +311,7 @@ class Group:
   keep: bool
   rewards: np.ndarray
   versions: np.ndarray  # (G, N) int32: the policy version that sampled each token (-1 past a sample's end).
+  model_mask: np.ndarray | None = None  # (G, N) bool under rl.env: True on the model's tokens (else all of them).
 
   def oldest(self) -> int:
     """The oldest policy version any of its tokens came from."""
@@ -270,9 +351,11 @@ def merge_metrics(parts: list[tuple[int, dict]]) -> dict:
 
 
 def rollout_batch(prompts: list[list[int]], completions: list[list[int]], sample_logps: np.ndarray | None, *,
-                  num_samples: int, seq_len: int, rows: int | None = None) -> dict[str, np.ndarray]:
+                  num_samples: int, seq_len: int, rows: int | None = None,
+                  completion_masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Completions -> training rows (see the module docstring). prompts: P lists; completions: P*G lists
-  (row r belongs to prompt r // G); sample_logps (P*G, N).
+  (row r belongs to prompt r // G); sample_logps (P*G, N); completion_masks (P*G, N) bool, the completion
+  tokens that carry loss (None: all of them).
 
   Returns int32 inputs/targets/loss_mask/positions/segment_ids (R, T) and f32 old_logps (R, T) when
   sample_logps is given; R = `rows` (>= P*G; extra rows are all padding, loss_mask 0)."""
@@ -291,7 +374,7 @@ def rollout_batch(prompts: list[list[int]], completions: list[list[int]], sample
     n = len(seq) - 1
     out["inputs"][r, :n] = seq[:-1]
     out["targets"][r, :n] = seq[1:]
-    out["loss_mask"][r, len(prompt) - 1:n] = 1
+    out["loss_mask"][r, len(prompt) - 1:n] = 1 if completion_masks is None else completion_masks[r, :len(completion)]
     out["positions"][r, :n] = np.arange(n)
     out["segment_ids"][r, :n] = 1
     if sample_logps is not None:

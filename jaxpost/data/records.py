@@ -1,6 +1,8 @@
 """One JSONL record -> tokens and loss mask, for the three supervised formats.
 
   chat               {"messages": [{"role", "content"}, ...]}  loss on assistant replies + end of turn
+  chat with tools    {"messages": [... assistant `tool_calls`, `tool` results ...], "tools": [schema, ...]}
+                     built turn by turn as a multi-turn episode's sequence (envs.chat.encode_conversation)
   prompt/completion  {"prompt": str, "completion": str}         loss on completion (+ eos)
   plain text         {"text": str}                              loss on every token (+ eos)
 
@@ -41,7 +43,10 @@ def tokenize_record(obj: Any, tokenizer: Tokenizer, *, where: str, add_bos: bool
   """
   if not isinstance(obj, dict):
     raise DataError(f"{where}: a record must be a JSON object ({FORMATS}), got {type(obj).__name__}")
-  if "messages" in obj:
+  if "messages" in obj and _has_tools(obj):
+    tokens, loss_mask = _tool_chat(obj, tokenizer, where)
+    add_bos = add_eos = False
+  elif "messages" in obj:
     tokens, loss_mask = _chat(obj["messages"], tokenizer, where)
     add_bos = add_eos = False
   elif "prompt" in obj and "completion" in obj:
@@ -77,6 +82,29 @@ def _chat(messages: Any, tokenizer: Tokenizer, where: str) -> tuple[np.ndarray, 
     return tokenizer.encode_chat(messages)
   except ValueError as e:  # The template rejects the conversation (raise_exception, prefix check).
     raise DataError(f"{where}: {e}") from None
+
+
+def _has_tools(obj: dict) -> bool:
+  messages = obj["messages"]
+  return "tools" in obj or (isinstance(messages, list) and any(
+      isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in messages))
+
+
+def _tool_chat(obj: dict, tokenizer: Tokenizer, where: str) -> tuple[np.ndarray, np.ndarray]:
+  from jaxpost.envs import chat  # Pulls in the environments (and rewards) only for records that need them.
+  messages, tools = obj["messages"], obj.get("tools")
+  if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+    raise DataError(f"{where}: `tools` must be a list of JSON schemas (objects)")
+  for i, m in enumerate(messages):
+    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+      raise DataError(f"{where}: messages[{i}]: expected a dict with role system, user, assistant or tool")
+    if not isinstance(m.get("content", ""), str):
+      raise DataError(f"{where}: messages[{i}] ({m['role']}): `content` must be a string")
+  try:
+    ids, mask = chat.encode_conversation(tokenizer, messages, tools)
+  except ValueError as e:
+    raise DataError(f"{where}: {e}") from None
+  return np.asarray(ids, np.int32), np.asarray(mask, np.bool_)
 
 
 def _prompt_completion(obj: dict, tokenizer: Tokenizer, where: str) -> tuple[np.ndarray, np.ndarray]:

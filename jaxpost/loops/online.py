@@ -65,6 +65,9 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
   if rl.sampler == "engine" and jax.process_count() > 1:
     raise ConfigError("config.rl.sampler=engine: the rollout engine runs on one process so far; with "
                       f"{jax.process_count()} processes set rl.sampler=static")
+  if rl.env and algorithm.critic:
+    raise ConfigError(f"config.rl.env={rl.env!r}: multi-turn episodes train with the GRPO family so far (a critic's "
+                      "values and GAE over the environment's tokens are not built); use algorithm=grpo")
   group = rl.num_generations
   rows = rl.prompts_per_step * group
   minibatch = rl_minibatch(config)
@@ -111,9 +114,9 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
     shaping); a dropped group's prompt is replaced (DAPO's dynamic sampling). Deals prompts from `cursor`."""
     start, score_time = time.perf_counter(), [0.0]
 
-    def judge(prompts, out):
+    def judge(prompts, out, scored=None):
       begin = time.perf_counter()
-      scores, metrics = source.score(out, prompts, group)
+      scores, metrics = source.score(out, prompts, group) if scored is None else scored  # scored: rl.env's
       rewards = algorithm.shape_rewards(config, scores, np.asarray(out.lengths))
       score_time[0] += time.perf_counter() - begin
       return algorithm.keep_groups(config, rewards.reshape(-1, group)), rewards, metrics
@@ -155,15 +158,16 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
       if staleness.max() > rl.max_staleness:  # The producer's bound; a failure here is a bug.
         raise RuntimeError(f"step {step}: samples of staleness {staleness.max()} > rl.max_staleness={rl.max_staleness}")
       kept = [(g.prompt, g.out.completions(), g.out.logps, g.rewards,
-               np.array([f == "length" for f in g.out.finish_reasons], np.float32)) for g in kept_groups]
+               np.array([f == "length" for f in g.out.finish_reasons], np.float32), g.model_mask) for g in kept_groups]
 
       # Batch: prompt + completion rows, padded to a fixed shape (one compile); dropped groups are padding.
       start = time.perf_counter()
       completions = [c for g in kept for c in g[1]]
       sample_logps = (np.concatenate([g[2] for g in kept]) if kept
                       else np.zeros((0, rl.max_new_tokens), np.float32))
+      masks = np.concatenate([g[5] for g in kept]) if rl.env and kept else None  # rl.env: the model's tokens
       batch = rollout.rollout_batch([g[0]["tokens"] for g in kept], completions, sample_logps, num_samples=group,
-                                    seq_len=seq_len, rows=rows)
+                                    seq_len=seq_len, rows=rows, completion_masks=masks)
       rewards = np.concatenate([g[3] for g in kept]) if kept else np.zeros((0,), np.float32)
       padded = lambda x: np.concatenate([np.asarray(x, np.float32), np.zeros(rows - len(completions), np.float32)])
       scored = {"rewards": padded(rewards), "valid": padded(np.ones(len(completions))),

@@ -12,12 +12,19 @@ Layers of the sandbox, each used where the OS allows it (`sandbox_info()` says w
   every process of the program dies with it (a pid namespace dies with its pid 1), so a fork bomb is
   bounded by RLIMIT_NPROC and cleaned up at the timeout; as a normal user the same namespaces are
   tried through an unprivileged user namespace;
+- in a new mount namespace (where the OS allows it: as root, or through an unprivileged user namespace),
+  private tmpfs mounts (nosuid, nodev, `file_size_mb` each) cover /tmp, /var/tmp and /dev/shm, the temp
+  dir is bound back to its own path, and every other mount is remounted read-only: no process of the
+  program, child processes and ctypes included, can leave a file anywhere outside (the tmpfs mounts die
+  with the namespace);
 - inside the interpreter, an audit hook (PEP 578) refuses file writes outside the temp dir and socket
   connections. It covers Python code only, not child processes, and ctypes can get past it: it is a
   second layer, not the wall.
-What stays open: with no namespaces available (unprivileged user namespaces disabled) a child process
-of the program can still reach the network, and as a normal user it can write wherever that user can;
-a child process can write to world-writable directories such as /tmp even as `nobody`.
+`sandbox_info().walls` names the walls that are up. What stays open: with no namespaces available
+(unprivileged user namespaces disabled) a child process of the program can still reach the network, and as
+a normal user it can write wherever that user can; without a mount namespace a child process can write to
+world-writable directories such as /tmp even as `nobody`. CPU time is limited per process, not in total
+(a pid namespace bounds the processes, the wall-clock timeout the time).
 
 A program passes only if it runs to the end of the tests: the runner prints a per-run nonce after them,
 so `sys.exit(0)` or `os._exit(0)` before the tests does not pass.
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +65,18 @@ class SandboxInfo:
   @property
   def network_isolated(self) -> bool:
     return bool(self.unshare_flags & CLONE_NEWNET)
+
+  @property
+  def filesystem_isolated(self) -> bool:
+    """Own mount namespace: private tmpfs over /tmp, /var/tmp and /dev/shm, every other mount read-only."""
+    return bool(self.unshare_flags & CLONE_NEWNS)
+
+  @property
+  def walls(self) -> dict[str, bool]:
+    """Which walls are up, by name (what a run's log and `sandbox_info()` users read)."""
+    return {"run_as_unprivileged_user": self.run_as is not None or os.geteuid() != 0,
+            "process_limit": self.nproc_enforced, "network_namespace": self.network_isolated,
+            "pid_namespace": bool(self.unshare_flags & CLONE_NEWPID), "filesystem": self.filesystem_isolated}
 
   @property
   def nproc_enforced(self) -> bool:
@@ -100,6 +119,33 @@ if flags:
                        ("gid_map", "%d %d 1" % (os.getgid(), os.getgid()))):
       with open("/proc/self/" + name, "w") as f:
         f.write(text)
+if flags & 0x00020000:  # CLONE_NEWNS: private tmpfs over the shared scratch dirs, everything else read-only.
+  MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+  def mount(src, target, fstype, mflags, data):
+    if libc.mount(src, target.encode(), fstype, mflags, data) != 0:
+      os.write(2, b"sandbox: mount %s failed, errno %d\n" % (target.encode(), ctypes.get_errno())); os._exit(125)
+  mount(b"none", "/", None, MS_REC | MS_PRIVATE, None)  # nothing we mount propagates back out
+  workdir, scratch = cfg["workdir"], [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)]
+  for d in scratch:
+    mount(b"tmpfs", d, b"tmpfs", 2 | 4, b"mode=1777,size=%dm" % cfg["tmpfs_mb"])  # nosuid, nodev
+  # The cwd still holds the sandbox dir under the covered /tmp: bind it back to its own path.
+  os.makedirs(workdir, exist_ok=True)
+  mount(b".", workdir, None, MS_BIND, None)
+  os.chdir(workdir)
+  with open("/proc/self/mountinfo") as f:
+    points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+  # Keep the locked per-mount flags (statvfs f_flag: nosuid 2, nodev 4, noexec 8, noatime 1024,
+  # nodiratime 2048, relatime 4096 -> MS_RELATIME), else a remount in a user namespace is refused.
+  for point in dict.fromkeys(points):
+    if point in scratch or point == workdir:
+      continue
+    try:
+      kept = os.statvfs(point).f_flag
+    except OSError:
+      continue
+    mflags = MS_REMOUNT | MS_BIND | MS_RDONLY | (kept & (2 | 4 | 8 | 1024 | 2048)) | ((kept & 4096) and 1 << 21)
+    if libc.mount(None, point.encode(), None, mflags, None) != 0 and point == "/":
+      os.write(2, b"sandbox: read-only / failed, errno %d\n" % ctypes.get_errno()); os._exit(125)
 pid = os.fork()
 if pid == 0:
   try:
@@ -168,7 +214,7 @@ def _run(program: str, limits: SandboxLimits, info: SandboxInfo) -> SandboxResul
                                       "HTTPS_PROXY", "FTP_PROXY", "ALL_PROXY")}}
     mb = 1024 * 1024
     cfg = {"unshare_flags": info.unshare_flags, "run_as": info.run_as, "python": info.python, "runner": _RUNNER,
-           "env": env, "max_processes": limits.max_processes,
+           "env": env, "workdir": os.path.realpath(tmp), "tmpfs_mb": limits.file_size_mb, "max_processes": limits.max_processes,
            "limits": {"RLIMIT_CPU": int(limits.cpu_s), "RLIMIT_AS": limits.memory_mb * mb,
                       "RLIMIT_FSIZE": limits.file_size_mb * mb, "RLIMIT_NOFILE": limits.max_open_files,
                       "RLIMIT_CORE": 0}}
@@ -217,8 +263,9 @@ def sandbox_info() -> SandboxInfo:
       run_as_options.insert(0, (nobody.pw_uid, nobody.pw_gid))
     except KeyError:
       pass
-  ns = [CLONE_NEWNET | CLONE_NEWPID, 0] if root else [
-      CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID, CLONE_NEWUSER | CLONE_NEWNET, 0]
+  ns = [CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID, CLONE_NEWNET | CLONE_NEWPID, 0] if root else [
+      CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID, CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID,
+      CLONE_NEWUSER | CLONE_NEWNET, 0]
   # `nobody` may not reach the running interpreter (e.g. under /root): try a system python too.
   pythons = list(dict.fromkeys(p for p in (sys.executable, "/usr/bin/python3", shutil.which("python3")) if p))
   errors = []

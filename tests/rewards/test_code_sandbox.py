@@ -188,3 +188,85 @@ def test_code_reward_in_score_batch():
   assert list(out) == [1.0, 0.0, 0.0, 0.0]
   assert metrics["reward/errors"] == 0 and metrics["reward/timeouts"] == 0
   assert subprocess.run([sys.executable, "-c", "print(1)"], capture_output=True).returncode == 0  # still alive
+
+
+def _needs_filesystem_wall():
+  if not code_lib.sandbox_info().filesystem_isolated:
+    pytest.skip("no mount namespace available (needs root or unprivileged user namespaces): a child process "
+                "can write to world-writable directories")
+
+
+SCRATCH = [d for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.path.isdir(d)]
+_ESCAPES = {  # name -> program writing the marker file {path} by a route the audit hook does not see.
+    "child_process": "import subprocess\nsubprocess.run(['sh', '-c', 'echo pwned > {path}'])",
+    "ctypes": ("import ctypes\nlibc = ctypes.CDLL(None)\nfd = libc.open({path!r}.encode(), 0o101, 0o666)\n"
+               "libc.write(fd, b'pwned', 5)\nlibc.close(fd)"),
+    "forked_child": ("import os, time\nif os.fork() == 0:\n    os.execv('/bin/sh', ['sh', '-c', 'echo pwned > {path}'])\n"
+                     "time.sleep(0.5)"),
+}
+
+
+@pytest.mark.parametrize("route", list(_ESCAPES))
+def test_hostile_writes_leave_no_trace_outside(route):
+  """Each world-writable scratch dir (writable by `nobody` without the wall, checked below as the
+  positive control) gets a marker written by a child process, ctypes or a forked exec: none exists after
+  the run, and the program itself still ran to its end (it is not the crash that stopped it)."""
+  _needs_filesystem_wall()
+  token = f"jaxpost_escape_{os.getpid()}_{route}"
+  for d in SCRATCH:
+    assert os.stat(d).st_mode & 0o1777 == 0o1777, f"{d} is not world-writable: no positive control"
+  program = "\n".join(_ESCAPES[route].format(path=os.path.join(d, token)) for d in SCRATCH)
+  result = code_lib.run_python(program, LIMITS)
+  assert result.completed, result.stderr
+  left = [d for d in SCRATCH if os.path.exists(os.path.join(d, token))]
+  for d in left:
+    os.remove(os.path.join(d, token))
+  assert not left, f"the program left files in {left}"
+
+
+def test_inside_the_sandbox_its_own_tmp_works_and_vanishes():
+  """/tmp inside is a private tmpfs: a child process can use it and sees none of our files; nothing it wrote
+  is here afterwards. (Python code itself writes only in its dir: the audit hook.)"""
+  _needs_filesystem_wall()
+  marker, theirs = f"/tmp/jaxpost_visible_{os.getpid()}", f"/tmp/jaxpost_theirs_{os.getpid()}"
+  with open(marker, "w") as f:
+    f.write("ours")
+  try:
+    program = (f"import os, subprocess\nassert not os.path.exists({marker!r})\n"
+               f"out = subprocess.run(['sh', '-c', 'echo x > {theirs} && cat {theirs}'], capture_output=True)\n")
+    result = code_lib.run_python(program, LIMITS)
+    assert result.completed, result.stderr
+    assert _timed(program, "assert out.stdout == b'x\\n', out")[0] == 1.0
+    assert not os.path.exists(theirs)
+  finally:
+    os.remove(marker)
+
+
+def test_killing_its_parent_and_everything_it_can_does_not_reach_us():
+  """kill(getppid()) and kill(-1) (every process the sandbox user may signal): in the pid namespace they
+  reach only the program's own processes. A process of the same user outside survives (without the pid
+  namespace kill(-1) would take it), we survive, and the next program passes."""
+  info = code_lib.sandbox_info()
+  if info.run_as is None:
+    pytest.skip("not root: no other process of the sandbox user to watch")
+  sleeper = subprocess.Popen(["sleep", "30"], user=info.run_as[0], group=info.run_as[1])
+  try:
+    program = ("import os, signal\nfor pid in (os.getppid(), -1):\n    try:\n"
+               "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n")
+    code_lib.run_python(program, LIMITS)
+    assert sleeper.poll() is None, "kill(-1) inside the sandbox reached a process outside"
+    assert _timed("x = 1", "assert x == 1")[0] == 1.0
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_huge_output_is_bounded():
+  """Unbounded stdout and a file as big as it can get: RLIMIT_FSIZE (and the tmpfs size) stop both
+  within the time limit, and we keep at most the last 64 KiB of output."""
+  for program in ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+                  "with open('/tmp/big', 'wb') as f:\n    while True:\n        f.write(b'x' * 1048576)"):
+    start = time.monotonic()
+    result = code_lib.run_python(program, LIMITS)
+    assert not result.completed and time.monotonic() - start < LIMITS.timeout_s + 2.0
+    assert len(result.stdout) <= 65536
