@@ -1,4 +1,5 @@
 # make demo: set up .venv and run the embedded demo (CPU, no downloads).
+# make demo-tools: the same for the tool demo (RL teaches a calculator).
 # make test: set up .venv and run the whole test suite.
 # make lock: re-resolve requirements/lock.txt from setup.py (then run `make test` on the new set).
 PYTHON ?= python3
@@ -8,7 +9,7 @@ LOCK := requirements/lock.txt
 # pip itself is pinned too: an upstream pip release must not change what main installs.
 PIP_VERSION := 26.3
 
-.PHONY: install demo test lock clean
+.PHONY: install demo demo-tools test lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python -m jaxpost.demo --workdir=runs/demo
+
+demo-tools: install
+	$(BIN)/python -m jaxpost.demo_tools --workdir=runs/demo_tools
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -p no:cacheprovider --durations=15 tests

@@ -50,9 +50,8 @@ def evaluate(expression: str) -> str:
   return str(value)
 
 
-CALCULATOR = Tool(name="calculator", description="Evaluate an arithmetic expression, e.g. 123 * (45 + 6).",
-                  parameters={"type": "object", "properties": {"expression": {"type": "string",
-                                                                              "description": "the expression"}},
+CALCULATOR = Tool(name="calculator", description="Evaluate arithmetic, e.g. 12 * (3 + 4).",
+                  parameters={"type": "object", "properties": {"expression": {"type": "string"}},
                               "required": ["expression"]},
                   fn=evaluate, timeout_s=2.0)
 

@@ -119,11 +119,11 @@ def run_episodes(envs: Sequence[Environment], tokenizer, generate: Callable[[lis
         if episode.turns >= max_turns:
           finish_truncated(i)
           continue
-        episode.add(tokenizer.encode(chat.continuation_text(tokenizer, before, env_step.messages, tools[i])),
-                    model=False)
-        if len(episode.tokens) >= limit[i]:
+        cont = tokenizer.encode(chat.continuation_text(tokenizer, before, env_step.messages, tools[i]))
+        if len(episode.tokens) + len(cont) >= limit[i]:  # No room for the answer and a model token after it.
           finish_truncated(i)
           continue
+        episode.add(cont, model=False)
         next_active.append(i)
       active = next_active
   return episodes
@@ -131,13 +131,14 @@ def run_episodes(envs: Sequence[Environment], tokenizer, generate: Callable[[lis
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict:
   """Means over episodes: turns, tool calls, tool errors and timeouts, malformed calls, episode length
-  (tokens after the prompt) and model tokens; the fraction truncated."""
+  (tokens after the prompt) and model tokens; the fractions truncated and that called a tool (used_tools)."""
   n = max(len(episodes), 1)
   out = {"episode/turns": sum(e.turns for e in episodes) / n,
          "episode/length": sum(len(e.tokens) - e.prompt_len for e in episodes) / n,
          "episode/model_tokens": sum(sum(e.model_mask) for e in episodes) / n,
          "episode/truncated": sum(e.truncated for e in episodes) / n}
   out.update({f"episode/{k}": sum(e.counts[k] for e in episodes) / n for k in COUNTS})
+  out["episode/used_tools"] = sum(e.counts["tool_calls"] > 0 for e in episodes) / n  # fraction with a call
   return out
 
 

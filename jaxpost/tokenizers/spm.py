@@ -77,6 +77,7 @@ def train_sentencepiece(
     model_type: str = "char",
     user_defined_symbols: Sequence[str] = CHAT_SPECIAL_TOKENS,
     byte_fallback: bool = False,
+    split_by_whitespace: bool = True,
 ) -> SentencePieceTokenizer:
   """Trains a sentencepiece model on `texts`, writes `{model_prefix}.model` / `.vocab`, loads it.
 
@@ -90,6 +91,8 @@ def train_sentencepiece(
     user_defined_symbols: pieces that always get a single id; "\\n" is always added.
     byte_fallback: add 256 byte pieces so unseen characters round-trip instead of becoming unk
       (needs vocab_size > 263 + specials).
+    split_by_whitespace: False lets 'bpe'/'unigram' pieces span spaces (text repeated verbatim, such as
+      a tool schema in every prompt, then takes a few pieces).
   """
   if model_type not in ("char", "bpe", "unigram"):
     raise ValueError(f"model_type must be 'char', 'bpe' or 'unigram', got {model_type!r}")
@@ -112,6 +115,7 @@ def train_sentencepiece(
       split_digits=True,
       character_coverage=1.0,
       byte_fallback=byte_fallback,
+      split_by_whitespace=split_by_whitespace,
       max_sentence_length=1 << 24,
       input_sentence_size=0,
       minloglevel=2,

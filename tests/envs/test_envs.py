@@ -30,8 +30,8 @@ def _scripted(replies, finish=None):
       seen.append((i, turn, len(ids), budget))
       tokens = TOK.encode(replies[i][turn]) + [IM_END]
       reason = (finish or {}).get((i, turn), "stop")
-      if reason == "length":
-        tokens = tokens[:budget]
+      if reason == "length" or len(tokens) > budget:  # As the engine: never past the budget.
+        tokens, reason = tokens[:budget], "length"
       out.append((tokens, [-0.01 * (k + 1) for k in range(len(tokens))], reason, [7] * len(tokens)))
     return out
   generate.seen = seen
@@ -46,7 +46,7 @@ def test_calculator_episode_transcript_tokens_mask_and_reward():
   replies = [[_call("calculator", expression="123 * 45"), "The answer is 5535."],
              [_call("calculator", expression="123 * 45"), "The answer is 5536."]]
   eps = episode_lib.run_episodes([envs.make("calculator", example) for _ in replies], TOK, _scripted(replies),
-                                 max_turns=4, max_turn_tokens=64, max_completion_tokens=2048)
+                                 max_turns=4, max_turn_tokens=256, max_completion_tokens=2048)
   ep = eps[0]
   call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "123 * 45"}}}
   assert ep.messages == [{"role": "user", "content": "what is 123 * 45?"},
@@ -81,7 +81,7 @@ def test_malformed_calls_and_tool_errors_are_observations_and_counted():
               _call("abacus", expression="6*7") + "\n" + _call("calculator") + "\n" + _call("calculator", expression="1/0"),
               "42"]]
   ep = episode_lib.run_episodes([envs.make("calculator", example)], TOK, _scripted(replies), max_turns=8,
-                                max_turn_tokens=128, max_completion_tokens=4096)[0]
+                                max_turn_tokens=256, max_completion_tokens=4096)[0]
   tool_msgs = [m for m in ep.messages if m["role"] == "tool"]
   assert len(tool_msgs) == 5 and all(m["content"].startswith("error:") for m in tool_msgs), tool_msgs
   assert "not valid JSON" in tool_msgs[0]["content"] and "not closed" in tool_msgs[1]["content"]
@@ -98,15 +98,18 @@ def test_budgets_truncate_episodes():
   loop = [_call("calculator", expression="2+2")] * 3
   gen = _scripted([loop, ["4" * 50]], finish={(1, 0): "length"})
   eps = episode_lib.run_episodes([envs.make("calculator", example) for _ in range(2)], TOK, gen, max_turns=2,
-                                 max_turn_tokens=16, max_completion_tokens=4096)
+                                 max_turn_tokens=200, max_completion_tokens=4096)
   assert [e.truncated for e in eps] == [True, True] and [e.reward for e in eps] == [0.0, 0.0]
   assert eps[0].turns == 2 and eps[0].counts["tool_calls"] == 2 and eps[1].turns == 1
-  assert all(budget == 16 for *_, budget in gen.seen)
+  assert all(budget == 200 for *_, budget in gen.seen)
   gen = _scripted([loop])
-  ep = episode_lib.run_episodes([envs.make("calculator", example)], TOK, gen, max_turns=8, max_turn_tokens=64,
-                                max_completion_tokens=40)[0]
-  first = gen.seen[0]
-  assert first[3] == 40 and ep.truncated and len(ep.tokens) >= ep.prompt_len + 40 - 64
+  call_len = len(TOK.encode(loop[0])) + 1
+  ep = episode_lib.run_episodes([envs.make("calculator", example)], TOK, gen, max_turns=8, max_turn_tokens=200,
+                                max_completion_tokens=call_len + 5)[0]
+  # The call fits the budget; the tool's answer after it (more than 5 tokens) would not leave room for a model
+  # token, so the episode ends after the call, within its budget.
+  assert gen.seen[0][3] == call_len + 5 and ep.truncated and ep.turns == 1
+  assert len(ep.tokens) - ep.prompt_len == call_len
 
 
 def test_single_turn_environment_is_todays_prompt():
@@ -201,7 +204,7 @@ def test_sft_encoding_of_a_transcript_is_the_episodes_sequence():
   example = {"question": "what is 123 * 45?", "answer": "5535"}
   replies = [["I will check.\n" + _call("calculator", expression="123 * 45"), "The answer is 5535."]]
   ep = episode_lib.run_episodes([envs.make("calculator", example)], TOK, _scripted(replies), max_turns=4,
-                                max_turn_tokens=64, max_completion_tokens=2048)[0]
+                                max_turn_tokens=256, max_completion_tokens=2048)[0]
   tokens, mask = tokenize_record({"messages": ep.messages, "tools": [calculator.CALCULATOR.schema]}, TOK,
                                  where="sft.jsonl:1")
   assert tokens.tolist() == ep.tokens and mask.tolist() == ep.model_mask
