@@ -42,8 +42,8 @@ def get_config(arg: str = "sft"):
   elif arg == "grpo":
     c.algorithm = "grpo"
     # Seeds 0-2: held-out accuracy 76.5 / 66.5 / 82.0 at step 20 and 79.0 / 75.5 / 81.5 at step 40, every
-    # greedy episode calling the tool from step 20 on; 60 steps (seed 0) gave 78.5. ~1.7 s a step (0.5-1 s of
-    # episodes, ~1.1 s of update on rows of 175 tokens).
+    # greedy episode calling the tool from step 20 on; 60 steps (seed 0) gave 78.5. ~1.8 s a step: 0.6-0.8 s of
+    # episodes (0.8-1.1 s when every turn re-prefilled its context), ~1.1 s of update on rows of 175 tokens.
     c.train.steps = 40
     c.train.log_every = 10
     c.train.eval_every = 20

@@ -5,7 +5,7 @@
   forward.py          the Transformer's forward over a paged cache, from its own submodules
   engine.py           requests -> slots -> completed samples (EngineConfig, Request, Completion, Engine)
 """
-from jaxpost.engine.engine import Completion, Engine, EngineConfig, Request
+from jaxpost.engine.engine import CachedPrefix, Completion, Engine, EngineConfig, Request
 from jaxpost.engine.pages import PagePool, PageTables, PoolTooSmallError
 
-__all__ = ["Completion", "Engine", "EngineConfig", "PagePool", "PageTables", "PoolTooSmallError", "Request"]
+__all__ = ["CachedPrefix", "Completion", "Engine", "EngineConfig", "PagePool", "PageTables", "PoolTooSmallError", "Request"]

@@ -30,6 +30,14 @@ worst case instead); prefill is its own call, not fused into the decode batch; p
 slot's whole page table (max_seq_len keys), not only the pages it holds; the host loop reads every chunk's
 outputs (one process; the static sampler serves multi-host runs); one temperature / top-k / top-p per call.
 
+Continued sequences (multi-turn episodes): a request with `keep_cache=True` hands back, with each finished
+sample, a `CachedPrefix` holding one reference to the pages of every token it fed; a later request whose
+prompt extends those tokens (`Request(cache=...)`, one sample) starts from them and prefills only the new
+tokens (the last sampled token and what was appended after it). Keys fold the absolute position, so its
+tokens are the ones a full prefill would sample. The caller releases a prefix (`Engine.release`) when the
+sequence will not continue; an abandoned stream resets the pool, and prefixes from before the reset are then
+ignored (full prefill).
+
 Weight updates mid-stream (`weights=`, the asynchronous online loop's split pools): the params are read
 again at each host check, so running samples continue on new weights; every token records the version of
 the params that sampled it. Keys and values cached under older weights are kept, not recomputed.
@@ -73,6 +81,15 @@ class EngineConfig:
     return -(-self.max_seq_len // self.page_size)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class CachedPrefix:
+  """The keys and values of `tokens` (positions 0 .. len(tokens) - 1) in the engine's pool, kept from a finished
+  sample for a request that continues the same sequence; one reference to `pages` until Engine.release."""
+  tokens: tuple[int, ...]
+  pages: tuple[int, ...]
+  generation: int                        # The pool it lives in (see Engine.generation).
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Request:
   prompt: tuple[int, ...]                # Prompt token ids (non-empty).
@@ -80,6 +97,8 @@ class Request:
   max_new_tokens: int = 64               # Completion budget N per sample.
   stop_token_ids: tuple[int, ...] = ()   # A sample ends after emitting one of these (kept in its tokens).
   seed: int = 0
+  cache: CachedPrefix | None = None      # KV of a prefix of `prompt` (one sample only): prefill the rest.
+  keep_cache: bool = False               # Hand back each finished sample's KV as Completion.cache.
 
   def __post_init__(self):
     object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
@@ -97,6 +116,7 @@ class Completion:
   logps: np.ndarray
   finish_reason: str
   versions: np.ndarray | None = None
+  cache: CachedPrefix | None = None  # With Request.keep_cache: prompt + tokens[:-1] (the last is never fed).
 
 
 # ---------------------------------------------------------------- Jitted pieces
@@ -203,7 +223,20 @@ class Engine:
     # decode rows computed that produced a token; the `queued_` pair counts only chunks that started with
     # samples still waiting for a slot (the steady state, before a workload drains).
     self.stats = {"decode_calls": 0, "decode_rows": 0, "decode_tokens": 0, "queued_decode_rows": 0,
-                  "queued_decode_tokens": 0, "prefill_calls": 0, "prefill_rows": 0}
+                  "queued_decode_tokens": 0, "prefill_calls": 0, "prefill_rows": 0, "prefill_tokens": 0}
+    self.generation = 0  # Bumped when the pool is reset: prefixes of older generations are void.
+    self._held: dict[int, CachedPrefix] = {}  # id -> live CachedPrefix (each holds one reference to its pages)
+
+  # -- kept prefixes
+  def _usable(self, cache: CachedPrefix | None) -> CachedPrefix | None:
+    live = cache is not None and cache.generation == self.generation and id(cache) in self._held
+    return cache if live else None
+
+  def release(self, cache: CachedPrefix | None) -> None:
+    """Drops a kept prefix's pages (a no-op for None or a prefix from before a pool reset)."""
+    if self._usable(cache) is not None:
+      del self._held[id(cache)]
+      self.pool.free(cache.pages)
 
   # -- validation
   def _check(self, index: int, r: Request) -> None:
@@ -215,6 +248,11 @@ class Engine:
       raise ValueError(f"{where}: seed {r.seed} is not in [0, 2**31)")
     if len(r.stop_token_ids) > MAX_STOP_IDS:
       raise ValueError(f"{where}: {len(r.stop_token_ids)} stop ids, at most {MAX_STOP_IDS}")
+    if r.cache is not None:
+      n = len(r.cache.tokens)
+      if r.num_samples != 1 or n >= len(r.prompt) or r.prompt[:n] != r.cache.tokens:
+        raise ValueError(f"{where}: a cached prefix of {n} tokens needs one sample and a prompt that extends "
+                         "exactly those tokens")
     if len(r.prompt) + r.max_new_tokens > c.max_seq_len:
       raise pages_lib.PoolTooSmallError(f"EngineConfig.max_seq_len: {where} needs {len(r.prompt) + r.max_new_tokens} "
                                         f"tokens > max_seq_len {c.max_seq_len}; raise max_seq_len")
@@ -256,9 +294,12 @@ class Engine:
     try:
       yield from self._chunks(params, requests, sampling, on_tokens, version, weights)
     finally:
-      if self.pool.num_free != self.pool.num_pages:  # Abandoned (or failed) midway: start clean.
+      held = {p for cache in self._held.values() for p in cache.pages}
+      if self.pool.num_pages - self.pool.num_free != len(held):  # Abandoned (or failed) midway: start clean.
         self.pool = pages_lib.PagePool(self.config.num_pages, self.config.page_size)
         self.tables = pages_lib.PageTables(self.config.num_slots, self.config.max_pages)
+        self.generation += 1
+        self._held.clear()
 
   def _chunks(self, params, requests, sampling, on_tokens, version, weights) -> Iterator[list[Completion]]:
     """`stream_chunks`' loop."""
@@ -277,13 +318,21 @@ class Engine:
 
     def finish(s: int) -> Completion:
       run = running[s]
-      pool.free(tables.release(s))
+      r = requests[run.request]
+      pages = tables.release(s)
+      cache = None
+      if r.keep_cache:  # Keep the pages of every token fed: the prompt and all sampled tokens but the last.
+        fed = r.prompt + tuple(run.tokens[:-1])
+        keep = pool.pages_for(len(fed))
+        cache = CachedPrefix(fed, tuple(pages[:keep]), self.generation)
+        self._held[id(cache)] = cache
+        pages = pages[keep:]
+      pool.free(pages)
       running[s] = None
       slots["active"][s] = False
-      stop = requests[run.request].stop_token_ids
-      reason = "stop" if run.tokens[-1] in stop else "length"
+      reason = "stop" if run.tokens[-1] in r.stop_token_ids else "length"
       return Completion(run.request, run.sample, run.tokens, np.asarray(run.logps, np.float32), reason,
-                        np.asarray(run.versions, np.int32))
+                        np.asarray(run.versions, np.int32), cache)
 
     def claimable() -> int:  # Pages running samples may still allocate.
       return sum(run.max_own - run.own for run in running if run is not None)
@@ -315,9 +364,11 @@ class Engine:
           continue
         i, j = pending[0]
         r = requests[i]
-        n_shared = self._shared_pages(r)
+        cached = self._usable(r.cache)
+        n_cached = len(cached.pages) if cached else 0
+        n_shared = 0 if cached else self._shared_pages(r)
         cache_tokens = len(r.prompt) + r.max_new_tokens - 1
-        max_own = pool.pages_for(cache_tokens) - n_shared
+        max_own = pool.pages_for(cache_tokens) - n_shared - n_cached
         new_prefix = n_shared if (n_shared and i not in prefixes) else 0
         if pool.num_free - claimable() < max_own + new_prefix:
           if not admitted and all(run is None for run in running):  # Cannot happen after _check; never spin.
@@ -328,14 +379,17 @@ class Engine:
           prefixes[i] = pool.alloc(n_shared)
         run = _Running(i, j, len(r.prompt), cache_tokens, max_own)
         start = 0
-        if n_shared:
+        if cached:  # The slot reads (and extends, past its end) the kept prefix's pages.
+          tables.append(s, pool.share(cached.pages))
+          start = len(cached.tokens)
+        elif n_shared:
           tables.append(s, pool.share(prefixes[i]))
           # Sample 0 writes the shared pages (FIFO admits it first, in this call or an earlier one: within a
           # prefill call every layer writes all rows' keys before any row attends).
           start = 0 if j == 0 else n_shared * c.page_size
           if j == r.num_samples - 1:
             pool.free(prefixes.pop(i))  # The last sample has its reference; the request lets go.
-        run.own = pool.pages_for(len(r.prompt)) - n_shared
+        run.own = pool.pages_for(len(r.prompt)) - n_shared - n_cached
         tables.append(s, pool.alloc(run.own))
         running[s] = run
         admitted.append((s, r.prompt[start:], start, (r.seed, j)))
@@ -411,4 +465,5 @@ class Engine:
       results.update({i: (int(token[row]), float(logp[row]), key[row]) for row, (i, _) in enumerate(group)})
       self.stats["prefill_calls"] += 1
       self.stats["prefill_rows"] += len(group)
+      self.stats["prefill_tokens"] += int(length.sum())
     return [results[i] for i in range(len(admitted))]

@@ -17,14 +17,16 @@ within `max_completion_tokens`. A turn cut by its budget, `max_turns` turns with
 token budget ends the episode as truncated, rewarded `env.truncated()`.
 
 Generation goes through `generate(requests) -> results`, one request per running episode per round:
-(context ids, budget, episode index, turn index) -> (tokens, logps, finish_reason, versions). `engine_generate`
-adapts the rollout engine (each turn re-prefills its context; the engine's page table bounds the sequence).
+(context ids, budget, episode index, turn index) -> (tokens, logps, finish_reason, versions); a `close()` on it,
+if any, runs at the end. `engine_generate` adapts the rollout engine: each turn continues from the keys and
+values its episode's last turn left in the engine's pages and prefills only the appended tokens.
 Environment steps run on a thread pool, so tool calls (sandboxed programs) overlap.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -91,7 +93,10 @@ def run_episodes(envs: Sequence[Environment], tokenizer, generate: Callable[[lis
 
   limit = [e.prompt_len + max_completion_tokens for e in episodes]  # whole-sequence budget per episode
   active = list(range(len(envs)))
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+  with contextlib.ExitStack() as stack:
+    if hasattr(generate, "close"):
+      stack.callback(generate.close)
+    pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=workers))
     while active:
       requests = [(list(episodes[i].tokens), min(max_turn_tokens, limit[i] - len(episodes[i].tokens)), i,
                    episodes[i].turns) for i in active]
@@ -142,18 +147,42 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict:
   return out
 
 
-def engine_generate(engine, params, sampling, *, seed: int, stop_ids: Sequence[int], version: int = 0):
+def engine_generate(engine, params, sampling, *, seed: int, stop_ids: Sequence[int], version: int = 0,
+                    reuse_cache: bool = True):
   """A `generate` for run_episodes on the rollout engine: each request its own sample, seeded by (seed,
-  episode, turn), so an episode's samples do not depend on which others run beside it."""
+  episode, turn), so an episode's samples do not depend on which others run beside it. With reuse_cache each
+  turn starts from the keys and values its episode's previous turn left in the engine (`CachedPrefix`) and
+  prefills only what was appended; the samples are the same either way (keys fold absolute positions). When
+  the running episodes' worst cases do not fit the engine's pool together (more episodes than it was sized
+  for, e.g. an evaluation of many prompts), nothing is kept and each turn prefills its whole context.
+  `generate.close()` releases what is still kept (run_episodes calls it)."""
   from jaxpost import engine as engine_lib
+  kept = {}  # episode -> CachedPrefix of its sequence so far
 
   def generate(requests: list[Request]) -> list[Result]:
+    running = {i for _, _, i, _ in requests}
+    for i in [i for i in kept if i not in running]:  # Episodes that ended: their sequences will not continue.
+      engine.release(kept.pop(i))
+    # Kept pages sit outside the slots between calls: keep them only while every running episode's worst case
+    # (its context and turn budget) fits the pool at once, so admission never waits on pages nobody frees.
+    worst = sum(engine.pool.pages_for(len(ids) + budget - 1) for ids, budget, _, _ in requests)
+    keep = reuse_cache and worst <= engine.config.num_pages
+    if not keep:
+      close()
     reqs = [engine_lib.Request(prompt=tuple(ids), num_samples=1, max_new_tokens=budget,
-                               stop_token_ids=tuple(stop_ids),
+                               stop_token_ids=tuple(stop_ids), cache=kept.get(i), keep_cache=keep,
                                seed=int(np.random.SeedSequence([seed, i, turn]).generate_state(1)[0] % 2 ** 31))
             for ids, budget, i, turn in requests]
-    done = engine.stream(params, reqs, sampling, version=version)
-    by_request = {c.request: c for c in done}
+    by_request = {c.request: c for c in engine.stream(params, reqs, sampling, version=version)}
+    for k, (_, _, i, _) in enumerate(requests):
+      engine.release(kept.pop(i, None))
+      if by_request[k].cache is not None:
+        kept[i] = by_request[k].cache
     return [(by_request[k].tokens, by_request[k].logps, by_request[k].finish_reason, by_request[k].versions)
             for k in range(len(reqs))]
+
+  def close() -> None:
+    while kept:
+      engine.release(kept.popitem()[1])
+  generate.close = close
   return generate

@@ -277,6 +277,42 @@ def test_requests_appended_while_streaming_queue_behind_and_match_a_run_alone():
   assert [c.tokens for c in engine.generate(params, [extra], SAMPLED)] == [c.tokens for c in alone]
 
 
+def test_a_kept_prefix_continues_its_sequence_and_is_void_after_a_reset():
+  """A finished sample's kept pages (keep_cache) serve a request that extends its tokens: it prefills only the
+  new tokens and samples what a full prefill of the whole prompt samples. Released, the pages come back; after
+  an abandoned stream resets the pool, an older prefix is ignored (full prefill, same tokens)."""
+  graphdef, params = _model()
+  engine = _engine(graphdef, params)
+  [first] = engine.generate(params, [Request(prompt=PROMPTS[2], max_new_tokens=6, seed=3, keep_cache=True)], SAMPLED)
+  kept = first.cache
+  assert kept.tokens == tuple(PROMPTS[2]) + tuple(first.tokens[:-1])  # the last sampled token was never fed
+  assert len(kept.pages) == -(-len(kept.tokens) // ENGINE.page_size)
+  assert engine.pool.num_free == ENGINE.num_pages - len(kept.pages)
+  longer = kept.tokens + (first.tokens[-1], 9, 4)
+  before = engine.stats["prefill_tokens"]
+  [cont] = engine.generate(params, [Request(prompt=longer, max_new_tokens=7, seed=8, cache=kept)], SAMPLED)
+  assert engine.stats["prefill_tokens"] - before == 3
+  [full] = _engine(graphdef, params).generate(params, [Request(prompt=longer, max_new_tokens=7, seed=8)], SAMPLED)
+  assert cont.tokens == full.tokens and cont.cache is None
+  np.testing.assert_allclose(cont.logps, full.logps, atol=1e-5)
+  with pytest.raises(ValueError, match="extends exactly those tokens"):
+    engine.generate(params, [Request(prompt=(0,) + longer[1:], max_new_tokens=2, cache=kept)], SAMPLED)
+  engine.release(kept)
+  assert engine.pool.num_free == ENGINE.num_pages
+  # Kept again, then a stream abandoned midway: the pool restarts and the prefix is void.
+  [first] = engine.generate(params, [Request(prompt=PROMPTS[2], max_new_tokens=6, seed=3, keep_cache=True)], SAMPLED)
+  chunks = engine.stream_chunks(params, [Request(prompt=PROMPTS[0], max_new_tokens=2, seed=1),
+                                         Request(prompt=PROMPTS[2], max_new_tokens=9, seed=5)], SAMPLED)
+  next(chunks)
+  chunks.close()
+  assert engine.pool.num_free == ENGINE.num_pages
+  before = engine.stats["prefill_tokens"]
+  [again] = engine.generate(params, [Request(prompt=longer, max_new_tokens=7, seed=8, cache=first.cache)], SAMPLED)
+  assert engine.stats["prefill_tokens"] - before == len(longer) and again.tokens == full.tokens
+  engine.release(first.cache)  # a no-op for a void prefix
+  assert engine.pool.num_free == ENGINE.num_pages
+
+
 def test_weights_swapped_mid_stream_record_each_tokens_version():
   """weights() gives (0, A) at the first host check and (1, B) after (how split rollout pools take an update):
   5 greedy requests through 2 slots, 3 decode steps a check. Request 0 (budget 8) samples 4 tokens under A

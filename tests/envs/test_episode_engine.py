@@ -45,6 +45,13 @@ class _GoOn(envs.Environment):
                         done=self.n == 3)
 
 
+def _env_runs(e):
+  """Lengths of the runs of environment tokens after the prompt."""
+  mask = np.asarray(e.model_mask[e.prompt_len:])
+  edges = np.flatnonzero(np.diff(np.concatenate([[1], mask.astype(int), [1]])))
+  return (edges[1::2] - edges[::2]).tolist()
+
+
 def _params(cfg, seed=0):
   graphdef, abstract = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param))
   rng = np.random.default_rng(seed)
@@ -68,10 +75,32 @@ def test_multi_turn_episode_logps_equal_the_trainers_and_env_tokens_are_masked()
   engine = Engine(graphdef, cfg, EngineConfig(num_slots=4, page_size=8, num_pages=64, max_seq_len=128,
                                               steps_per_check=4, prefill_bucket=32))
   tok = _ManyStops(TOK)
+
+  def run(reuse_cache):
+    before = dict(engine.stats)
+    generate = episode_lib.engine_generate(engine, params, sampling.SamplingConfig(temperature=1.0), seed=0,
+                                           stop_ids=tok.chat_stop_ids, version=3, reuse_cache=reuse_cache)
+    eps = episode_lib.run_episodes([_GoOn({}) for _ in range(4)], tok, generate, max_turns=5, max_turn_tokens=12,
+                                   max_completion_tokens=96)
+    assert engine.pool.num_free == engine.pool.num_pages  # every kept prefix released at the end
+    return eps, engine.stats["prefill_tokens"] - before["prefill_tokens"]
+  eps, prefilled = run(reuse_cache=True)
+  fresh, prefilled_fresh = run(reuse_cache=False)
+  # Continuing from the kept pages samples the same tokens as prefilling each turn's whole context, and
+  # prefills only what was appended: the opening prompts once, then per later turn the last sampled token
+  # and the environment's continuation.
+  assert [e.tokens for e in eps] == [e.tokens for e in fresh]
+  np.testing.assert_allclose(np.concatenate([e.logps for e in eps]), np.concatenate([e.logps for e in fresh]),
+                             atol=1e-5)
+  expected = sum(e.prompt_len + sum(1 + n for n in _env_runs(e)) for e in eps)
+  assert prefilled == expected < prefilled_fresh, (prefilled, expected, prefilled_fresh)
+  # Twice the episodes: their worst cases (prompt + 96 tokens, 16 pages each) exceed the 64 pages, so nothing is
+  # kept between turns (no admission can wait on kept pages); the first four are the same episodes as before.
   generate = episode_lib.engine_generate(engine, params, sampling.SamplingConfig(temperature=1.0), seed=0,
                                          stop_ids=tok.chat_stop_ids, version=3)
-  eps = episode_lib.run_episodes([_GoOn({}) for _ in range(4)], tok, generate, max_turns=5, max_turn_tokens=12,
-                                 max_completion_tokens=96)
+  more = episode_lib.run_episodes([_GoOn({}) for _ in range(8)], tok, generate, max_turns=5, max_turn_tokens=12,
+                                  max_completion_tokens=96)
+  assert [e.tokens for e in more[:4]] == [e.tokens for e in eps]
   assert sum(e.done for e in eps) >= 2, [(e.turns, e.truncated) for e in eps]
   tokens = np.zeros((len(eps), 128), np.int32)
   for r, e in enumerate(eps):
