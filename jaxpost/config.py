@@ -343,6 +343,8 @@ def _validate_rl(config) -> None:
     from jaxpost import envs
     _check(r.env in envs.ENVS, "rl.env", f"unknown environment {r.env!r}; registered: {', '.join(sorted(envs.ENVS))}")
     _check(r.sampler == "engine", "rl.env", "episodes run on the rollout engine; set rl.sampler=engine")
+    _check(not (r.max_staleness or r.rollout_devices), "rl.env",
+           "episodes run in the synchronous loop so far; set rl.max_staleness=0 and rl.rollout_devices=0")
     _check(r.max_turns > 0, "rl.max_turns", f"must be > 0, got {r.max_turns}")
     _check(0 <= r.max_turn_tokens <= r.max_new_tokens, "rl.max_turn_tokens",
            f"must be in [0, rl.max_new_tokens={r.max_new_tokens}], got {r.max_turn_tokens}")

@@ -93,7 +93,10 @@ def test_env_config_errors(tmp_path):
   c.rl.env, c.rl.sampler = "calculator", "static"
   with pytest.raises(ConfigError, match="rl.env.*set rl.sampler=engine"):
     validate(c)
-  c.rl.sampler, c.rl.max_turn_tokens = "engine", 64
+  c.rl.sampler, c.rl.max_staleness = "engine", 1
+  with pytest.raises(ConfigError, match="rl.env.*synchronous loop so far"):
+    validate(c)
+  c.rl.max_staleness, c.rl.max_turn_tokens = 0, 64
   with pytest.raises(ConfigError, match="rl.max_turn_tokens"):
     validate(c)
   c.rl.max_turn_tokens = 8
