@@ -145,7 +145,13 @@ c = Checkpointer(sys.argv[1])
 c.save(1, {"w": jnp.ones((2048, 2048))}, {"next_index": 1})
 c.wait()
 c.save(2, {"w": jnp.full((2048, 2048), 2.0)}, {"next_index": 2})  # Async: returns before the write.
-os._exit(0)  # Dies like a SIGKILLed host: no finalisation.
+# Die once the write has begun (its temporary directory exists), like a host SIGKILLed mid-save: on a loaded
+# machine the background write may not have created it yet when save() returns.
+root = os.path.join(sys.argv[1], "checkpoints")
+for _ in range(2_000_000):
+  if any(n.startswith("2.orbax-checkpoint-tmp") for n in os.listdir(root)):
+    break
+os._exit(0)  # No finalisation.
 """
 
 

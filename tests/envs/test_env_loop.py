@@ -47,10 +47,10 @@ def _config(tmp_path):
   c = base_config()
   c.algorithm = "grpo"
   c.tokenizer.path = os.path.join(ROOT, "assets", "arithmetic", "tokenizer.model")
-  c.data.train_path = c.data.eval_path = str(prompts)
+  c.data.train_path = str(prompts)
   c.model.d_model, c.model.num_layers, c.model.mlp_dim = 32, 1, 64
   c.model.num_heads, c.model.num_kv_heads, c.model.head_dim = 2, 1, 16
-  c.train.steps, c.train.log_every, c.train.eval_every, c.train.progress = 2, 1, 2, False
+  c.train.steps, c.train.log_every, c.train.progress = 1, 1, False
   c.rl.prompts_per_step, c.rl.num_generations, c.rl.max_prompt_len, c.rl.max_new_tokens = 4, 2, 32, 32
   c.rl.env, c.rl.max_turns, c.rl.max_turn_tokens, c.rl.eval_prompts = "test_go_on", 3, 8, 4
   c.rl.reward_fns = "exact_match"  # A verifier: accuracy = % of episodes with reward >= 1.
@@ -81,8 +81,7 @@ def test_grpo_over_episodes_is_on_policy_at_its_first_update(tmp_path, stopping_
   np.testing.assert_allclose(first["ratio"], 1.0, atol=1e-5)
   assert first["clip_frac"] == 0.0
   assert 0.0 <= first["reward/env"] <= 1.0 and "episode/tool_calls" in first and "episode/truncated" in first
-  last_eval = [r for r in records if "eval/episode/turns" in r][-1]
-  assert last_eval["eval/episode/turns"] >= 1 and "eval/reward/mean" in last_eval
+  # (Greedy evaluation episodes: tests/test_demo_tools.py.)
 
 
 def test_env_config_errors(tmp_path):
