@@ -236,9 +236,8 @@ class Rollouts:
   def _evaluate_episodes(self, params) -> dict:
     """Greedy episodes of the held-out prompts: mean reward, accuracy (where a verifier scores the outcome) and
     the episodes' metrics (turns, tool calls, ...)."""
-    out, _, _, rewards, metrics = self.episodes(params, self.eval_prompts, seed=0, num_samples=1, temperature=0.0,
-                                                purpose="eval")
-    del out
+    _, _, _, rewards, metrics = self.episodes(params, self.eval_prompts, seed=0, num_samples=1, temperature=0.0,
+                                              purpose="eval")
     result = {"eval/reward/mean": float(np.mean(rewards))}
     result.update({"eval/" + k: v for k, v in metrics.items() if k == "accuracy" or k.startswith("episode/")})
     return result

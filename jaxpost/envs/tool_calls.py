@@ -58,10 +58,8 @@ def parse_hermes(text: str) -> ParsedReply:
   for body in _HERMES.findall(text):
     out = _call_from_json(body.strip(), ("arguments", "parameters"))
     (calls if isinstance(out, ToolCall) else errors).append(out)
-  rest = _HERMES.sub("", text)
-  if "<tool_call>" in rest:
+  if "<tool_call>" in _HERMES.sub("", text):
     errors.append("a <tool_call> was opened and not closed with </tool_call>")
-    rest = rest[:rest.index("<tool_call>")]
   first = text.find("<tool_call>")
   content = (text[:first] if first >= 0 else text).strip()
   return ParsedReply(content, tuple(calls), tuple(errors))
