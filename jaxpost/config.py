@@ -68,6 +68,22 @@ def dpo_config() -> ml_collections.ConfigDict:
   return c
 
 
+def distill_config() -> ml_collections.ConfigDict:
+  """Distillation from a frozen teacher (algorithm distill, jaxpost/algorithms/distill.py); sampling and the
+  policy loss come from `rl` (the divergence's temperature is rl.temperature)."""
+  c = ml_collections.ConfigDict()
+  c.teacher = ""                # The teacher: a Hugging Face model directory or a jaxpost training workdir (its
+                                # latest checkpoint); frozen, any size or family, the student's vocabulary.
+  c.loss = "reverse_kl"         # reverse_kl (on-policy distillation: per-token advantage -(log pi_s - log pi_t)
+                                # through rl.policy_loss) | gkd (generalized JSD over full distributions).
+  c.reward_weight = 0.0         # reverse_kl: weight of the task reward's group advantage added to every token's.
+  c.beta = 0.5                  # gkd: JSD interpolation beta (0 = forward KL(teacher || student), 1 = reverse).
+  c.on_policy_fraction = 1.0    # gkd: lambda, the probability that a step trains on student samples (else on the
+                                # dataset's completions, distill.completion_field of the prompt records).
+  c.completion_field = "answer" # gkd: the prompt record's field holding the dataset's reply (e.g. solution).
+  return c
+
+
 def rm_config() -> ml_collections.ConfigDict:
   """The reward-model group (algorithm rm); data paths hold preference records."""
   c = ml_collections.ConfigDict()
@@ -159,7 +175,7 @@ def rl_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """All groups with defaults. Config files override fields; they never add new ones."""
   c = ml_collections.ConfigDict()
-  c.algorithm = "sft"           # Which loss and loop: sft | rm | dpo (offline) | grpo | ppo (online).
+  c.algorithm = "sft"           # Which loss and loop: sft | rm | dpo (offline) | grpo | ppo | distill (online).
   c.model = model_config()
 
   c.tokenizer = ml_collections.ConfigDict()
@@ -202,6 +218,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora = lora_config()
   c.dpo = dpo_config()
   c.rm = rm_config()
+  c.distill = distill_config()
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1              # Data-parallel axis size (-1: whatever is left).

@@ -29,7 +29,7 @@ from jaxpost import rewards as rewards_lib
 from jaxpost import sampling as sampling_lib
 from jaxpost.config import ConfigError
 from jaxpost.data.jsonl import split_paths
-from jaxpost.data.prompts import load_prompts
+from jaxpost.data.prompts import load_prompts, reply_tokens
 
 
 @dataclasses.dataclass
@@ -171,6 +171,29 @@ class Rollouts:
         prompts += self.next_prompts(1, loop_state)
         requests.append(self._request(prompts[-1], seed, len(requests), g))
     return judged, merge_metrics(parts)
+
+  def dataset_groups(self, loop_state: dict, field: str, *, judge, version: int = 0) -> tuple[list["Group"], dict]:
+    """A step of the dataset's own replies instead of samples (GKD's off-policy steps): P prompts dealt as
+    `collect` deals them, each group its record's `field` reply (`reply_tokens`) on all G rows, scored by the
+    judge like samples (for the reward metrics). The rows carry no sampler log-probs (zeros); their tokens are
+    recorded as of `version` (the step's policy)."""
+    rl, g = self.rl, self.rl.num_generations
+    prompts = self.next_prompts(rl.prompts_per_step, loop_state)
+    replies = [reply_tokens(p, field, self.tokenizer, max_tokens=rl.max_new_tokens) for p in prompts]
+    tokens = np.full((len(prompts) * g, rl.max_new_tokens), self.tokenizer.pad_id or 0, np.int32)
+    lengths = np.zeros(len(prompts) * g, np.int32)
+    for r in range(len(prompts) * g):
+      reply = replies[r // g][0]
+      tokens[r, :len(reply)], lengths[r] = reply, len(reply)
+    out = sampling_lib.SampleOutput(tokens=tokens, lengths=lengths, logps=np.zeros(tokens.shape, np.float32),
+                                    finish_reasons=["length" if replies[r // g][1] else "stop" for r in range(len(lengths))])
+    keep, rewards, metrics = judge(prompts, out)
+    versions = np.where(np.arange(tokens.shape[1]) < lengths[:, None], version, -1).astype(np.int32)  # (R, N)
+    groups = [Group(prompt, sampling_lib.SampleOutput(out.tokens[p * g:(p + 1) * g], out.lengths[p * g:(p + 1) * g],
+                                                      out.finish_reasons[p * g:(p + 1) * g], out.logps[p * g:(p + 1) * g]),
+                    bool(keep[p]), np.asarray(rewards[p * g:(p + 1) * g]), versions[p * g:(p + 1) * g])
+              for p, prompt in enumerate(prompts)]
+    return groups, metrics
 
   def episodes(self, params, batch_prompts, *, seed: int, num_samples: int, temperature: float | None = None,
                version: int = 0, purpose: str = "train"):

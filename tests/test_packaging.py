@@ -67,5 +67,5 @@ def test_installed_wheel_runs_bundled_configs_from_another_folder(installed_pyth
                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
   assert typo.returncode == 2, typo.stderr[-2000:]
   assert typo.stderr.strip().splitlines() == [
-      "error: --config=configs/sft_tiyn.py: configs/sft_tiyn.py is not a file (bundled configs: demo.py, demo_tools.py, dpo_tiny.py, "
-      "grpo_gsm8k.py, grpo_tiny.py, ppo_tiny.py, rm_tiny.py, sft_hf.py, sft_tiny.py)"]
+      "error: --config=configs/sft_tiyn.py: configs/sft_tiyn.py is not a file (bundled configs: demo.py, demo_tools.py, distill_tiny.py, "
+      "dpo_tiny.py, grpo_gsm8k.py, grpo_tiny.py, ppo_tiny.py, rm_tiny.py, sft_hf.py, sft_tiny.py)"]

@@ -18,8 +18,16 @@ Offline only:
 Online only (one step = rollout -> score -> prepare_batch -> updates):
   critic     whether the trained params are {"policy", "value"} (a learned value model beside the policy)
   keep_groups, shape_rewards   host-side rollout rules (DAPO's dynamic sampling and overlong shaping)
-  prepare_batch  prepare_batch(config, models) -> fn(batch, rollout, params) -> (batch, metrics), pure and
-             jitted by the loop: advantages (and value targets) from the scored rollout
+  prepare_batch  prepare_batch(config, models) -> fn(batch, rollout, params, frozen) -> (batch, metrics), pure
+             and jitted by the loop: advantages (and value targets) from the scored rollout (frozen: the
+             teacher's params, or None)
+  teacher    teacher(config) -> str: a frozen teacher model the loop loads (an HF directory or a jaxpost workdir;
+             "" = none). Its params reach teacher_stats, prepare_batch and the loss as `frozen`.
+  teacher_stats  teacher_stats(config, models) -> fn(batch, policy_params, teacher_params) -> (batch, metrics):
+             the teacher's view of the rollout rows (e.g. its log-probs of the sampled tokens), before
+             prepare_batch
+  dataset_step  dataset_step(config, step) -> str: "" when step's rows are samples; else the prompt records'
+             field whose text is the reply the step trains on instead (GKD's off-policy steps)
 """
 from __future__ import annotations
 
@@ -30,11 +38,13 @@ import numpy as np
 
 
 class Models(NamedTuple):
-  """The compiled structure a loss needs: the policy's (or reward model's) graphdef and config, and under
-  PPO the critic's graphdef."""
+  """The compiled structure a loss needs: the policy's (or reward model's) graphdef and config, under
+  PPO the critic's graphdef, and under distillation the teacher's graphdef and config."""
   graphdef: object
   model_cfg: object
   value_graphdef: object = None
+  teacher_graphdef: object = None
+  teacher_cfg: object = None
 
 
 def _no_rules(config, checks) -> None:
@@ -44,6 +54,16 @@ def _no_rules(config, checks) -> None:
 def _never(config) -> bool:
   del config
   return False
+
+
+def no_teacher(config) -> str:
+  del config
+  return ""
+
+
+def never_dataset(config, step: int) -> str:
+  del config, step
+  return ""
 
 
 def keep_all_groups(config, rewards: np.ndarray) -> np.ndarray:
@@ -72,6 +92,9 @@ class Algorithm:
   keep_groups: Callable = keep_all_groups
   shape_rewards: Callable = unshaped
   prepare_batch: Callable | None = None
+  teacher: Callable = no_teacher
+  teacher_stats: Callable | None = None
+  dataset_step: Callable = never_dataset
 
   def __post_init__(self):
     if self.loop not in ("offline", "online"):

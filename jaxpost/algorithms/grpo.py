@@ -388,7 +388,7 @@ def shape_rewards(config, rewards: np.ndarray, lengths: np.ndarray) -> np.ndarra
   return rewards - overlong_penalty(lengths, max_len=rl.max_new_tokens, buffer=rl.overlong_buffer)
 
 
-def prepare_batch(batch, rollout, params=None, *, num_generations: int, advantage: str, beta: float, kl_in_reward: bool,
+def prepare_batch(batch, rollout, params=None, frozen=None, *, num_generations: int, advantage: str, beta: float, kl_in_reward: bool,
                   filter_truncated: bool):
   """The rollout rows -> the policy loss's batch: group advantages from the (shaped) rewards.
 
@@ -397,8 +397,9 @@ def prepare_batch(batch, rollout, params=None, *, num_generations: int, advantag
     overlong filter   loss_mask <- 0 on rows that hit the budget (DAPO)
     KL in reward      r <- r - beta * sum_t (log pi_old - log pi_ref) over the completion (Ouyang et al. 2022)
     advantages        A = ADVANTAGES[advantage](r as (P, G)), 0 on padding rows
-  Returns (batch + advantages (R,), {}); pure, jitted by the loop. (`params`: unused, no learned baseline.)"""
-  del params
+  Returns (batch + advantages (R,), {}); pure, jitted by the loop. (`params`: unused, no learned baseline;
+  `frozen`: no teacher.)"""
+  del params, frozen
   batch = dict(batch)
   if filter_truncated:
     batch["loss_mask"] = batch["loss_mask"] * (1 - rollout["truncated"]).astype(batch["loss_mask"].dtype)[:, None]

@@ -118,7 +118,7 @@ def make_values_fn(value_graphdef):
 
 
 
-def prepare_batch(batch, rollout, params, *, value_graphdef, beta: float, gamma: float, lam: float,
+def prepare_batch(batch, rollout, params, frozen=None, *, value_graphdef, beta: float, gamma: float, lam: float,
                   whiten_advantages: bool):
   """The rollout rows -> the actor-critic loss's batch (see the module docstring):
 
@@ -126,7 +126,8 @@ def prepare_batch(batch, rollout, params, *, value_graphdef, beta: float, gamma:
 
   batch: rollout fields (B, T) with old_logps, and ref_logps when beta > 0; rollout: rewards (B,) scores.
   Returns (batch + old_values, advantages, returns (B, T), {explained_variance[, kl]}); kl is the mean
-  per-token k1 of the behaviour policy against the reference. Pure, jitted by the loop."""
+  per-token k1 of the behaviour policy against the reference. Pure, jitted by the loop (`frozen`: no teacher)."""
+  del frozen
   batch = dict(batch)
   mask = batch["loss_mask"]
   batch["old_values"] = make_values_fn(value_graphdef)(params["value"], batch)  # (B, T)

@@ -5,11 +5,11 @@ its line below, and a config.
 """
 from __future__ import annotations
 
-from jaxpost.algorithms import dpo, grpo, ppo, rm, sft
+from jaxpost.algorithms import distill, dpo, grpo, ppo, rm, sft
 from jaxpost.algorithms.base import Algorithm
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (sft.ALGORITHM, rm.ALGORITHM, dpo.ALGORITHM,
-                                                        grpo.ALGORITHM, ppo.ALGORITHM)}
+                                                        grpo.ALGORITHM, ppo.ALGORITHM, distill.ALGORITHM)}
 
 
 def get(name: str) -> Algorithm:

@@ -57,7 +57,7 @@ def normalize_record(record: dict) -> dict:
 
 
 def load_prompts(paths, tokenizer, *, max_prompt_len: int) -> tuple[list[dict], dict]:
-  """Reads prompt records; returns [{"tokens": [...], "record": {...}}] and counts (`dropped` = longer
+  """Reads prompt records; returns [{"tokens": [...], "record": {...}, "where": "path:line"}] and counts (`dropped` = longer
   than `max_prompt_len`, never silently: the count is logged)."""
   examples, dropped = [], 0
   for path, line, record in read_jsonl(paths):
@@ -65,7 +65,25 @@ def load_prompts(paths, tokenizer, *, max_prompt_len: int) -> tuple[list[dict], 
     if len(tokens) > max_prompt_len:
       dropped += 1
       continue
-    examples.append({"tokens": tokens, "record": normalize_record(record)})
+    examples.append({"tokens": tokens, "record": normalize_record(record), "where": f"{path}:{line}"})
   if not examples:
     raise DataError(f"{paths}: no prompt fits max_prompt_len={max_prompt_len} ({dropped} dropped)")
   return examples, {"prompts": len(examples), "dropped_overlong_prompts": dropped}
+
+
+def reply_tokens(example: dict, field: str, tokenizer, *, max_tokens: int) -> tuple[list[int], bool]:
+  """The record's own reply as a completion of its prompt: (the tokens that follow `example["tokens"]` when the
+  conversation ends with an assistant message holding `record[field]`, i.e. the reply and its end-of-turn
+  token(s), cut to max_tokens; whether it was cut). DataError naming path:line without the field."""
+  record, where = example["record"], example.get("where", "a prompt record")
+  text = record.get(field)
+  if not isinstance(text, str) or not text:
+    raise DataError(f"{where}: no {field!r} string to use as the dataset's reply (distill.completion_field); "
+                    f"found keys {sorted(record)}")
+  messages = record["messages"] if "messages" in record else [{"role": "user", "content": record["prompt"]}]
+  tokens, mask = tokenizer.encode_chat(list(messages) + [{"role": "assistant", "content": text}])
+  prompt = example["tokens"]
+  if tokens[:len(prompt)].tolist() != list(prompt):
+    raise DataError(f"{where}: the chat template renders the prompt differently once a reply follows it")
+  reply = tokens[len(prompt):][mask[len(prompt):]].tolist()  # The reply and its end-of-turn token(s).
+  return reply[:max_tokens], len(reply) > max_tokens

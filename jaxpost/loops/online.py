@@ -1,12 +1,15 @@
-"""The online loop, one for every algorithm that learns from its own samples (GRPO family, PPO).
+"""The online loop, one for every algorithm that learns from its own samples (GRPO family, PPO, distillation).
 
 Reads top to bottom, once per step: sample G completions for each of P prompts with the live policy
 (no copy) -> rewards on the host, under the algorithm's rollout rules (which groups it keeps, refilling
-the batch: DAPO's dynamic sampling; reward shaping) -> behaviour and reference log-probs on device -> the
-algorithm's `prepare_batch` (GRPO family: group advantages, KL in the reward; PPO: critic values, GAE) ->
+the batch: DAPO's dynamic sampling; reward shaping) -> behaviour and reference log-probs on device -> with a
+teacher (distillation), its `teacher_stats` (the teacher's log-probs of the rows) -> the algorithm's
+`prepare_batch` (GRPO family: group advantages, KL in the reward; PPO: critic values, GAE; on-policy
+distillation: per-token advantages against the teacher) ->
 `rl.num_epochs` passes of minibatch updates through the generic train step -> metrics; greedy held-out
 accuracy every `eval_every` steps; checkpoints (state + prompt-iterator position) and resume as in the
-offline loop. The loop holds no algorithm math: that is in jaxpost/algorithms/<name>.py.
+offline loop. A step the algorithm marks as a dataset step (GKD's off-policy steps) takes the prompt records'
+own replies instead of samples. The loop holds no algorithm math: that is in jaxpost/algorithms/<name>.py.
 
 Asynchronous (rl.max_staleness = k > 0, or rl.rollout_devices = n > 0): the rollouts (sampling and host
 rewards) come from a producer thread running up to k steps ahead (jaxpost/loops/producer.py), on the training
@@ -34,6 +37,7 @@ from jaxpost.algorithms.base import Models
 from jaxpost.config import ConfigError, rl_minibatch
 from jaxpost.loops import common
 from jaxpost.loops import producer as producer_lib
+from jaxpost.loops import teacher as teacher_lib
 from jaxpost.models import lora
 
 
@@ -94,9 +98,15 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
   critic = f" + critic {setup.value_cfg.num_params():,}" if setup.value_cfg else ""
   writer.log(f"model: {setup.model_cfg.num_params():,}{critic} params; prompts: {source.prompt_stats}; "
              f"{rows} rollout rows/step, {updates_per_step} updates/step")
+  # Distillation: the frozen teacher, on the training mesh; its params reach the algorithm as `frozen`.
+  teacher = frozen = None
+  if algorithm.teacher(config):
+    teacher = teacher_lib.load(algorithm.teacher(config), mesh, vocab_size=setup.model_cfg.vocab_size, log=writer.log)
+    frozen = teacher.params
 
   # ---------------------------------------------------------------- Update step, log-probs, batch preparation
-  models = Models(setup.graphdef, setup.model_cfg, setup.value_graphdef)
+  models = Models(setup.graphdef, setup.model_cfg, setup.value_graphdef, *((teacher.graphdef, teacher.model_cfg)
+                                                                            if teacher else ()))
   train_step = common.make_update_step(setup, *algorithm.make_loss(config, models), mesh, grad_accum=t.grad_accum)
   batch_shardings = mesh_lib.batch_sharding(mesh)
   select_rows = jax.jit(lambda batch, idx: jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch),
@@ -106,6 +116,8 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
   # Replicated metrics: every process reads them on the host, multi-host too.
   prepare_batch = jax.jit(algorithm.prepare_batch(config, models),
                           out_shardings=(batch_shardings, mesh_lib.replicated(mesh)))
+  teacher_stats = teacher and jax.jit(algorithm.teacher_stats(config, models),
+                                      out_shardings=(batch_shardings, mesh_lib.replicated(mesh)))
 
   # ---------------------------------------------------------------- Rollouts: inline, or from a producer thread
   def produce(step, version, params, weights, cancel, cursor) -> producer_lib.Produced:
@@ -121,8 +133,12 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
       score_time[0] += time.perf_counter() - begin
       return algorithm.keep_groups(config, rewards.reshape(-1, group)), rewards, metrics
 
-    judged, reward_metrics = source.collect(params, cursor, seed=t.seed * 100003 + step * 101, judge=judge,
-                                            version=version, weights=weights, cancel=cancel)
+    field = algorithm.dataset_step(config, step)  # GKD's off-policy steps: the records' own replies.
+    if field:
+      judged, reward_metrics = source.dataset_groups(cursor, field, judge=judge, version=version)
+    else:
+      judged, reward_metrics = source.collect(params, cursor, seed=t.seed * 100003 + step * 101, judge=judge,
+                                              version=version, weights=weights, cancel=cancel)
     return producer_lib.Produced(step, judged, reward_metrics, {k: cursor[k] for k in ("cursor", "epoch")},
                                  time.perf_counter() - start, version, score_time[0])
 
@@ -180,15 +196,18 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
         device_batch["old_logps"] = logps_fn(policy(state["params"]), device_batch)
       if ref_params is not None:
         device_batch["ref_logps"] = logps_fn(ref_params, device_batch)
+      teacher_metrics = {}
+      if teacher is not None:  # The teacher's view of the rows (its log-probs of them, divergence metrics).
+        device_batch, teacher_metrics = teacher_stats(device_batch, policy(state["params"]), frozen)
       device_batch, prepared = prepare_batch(device_batch, mesh_lib.global_batch_from_full(scored, mesh),
-                                             state["params"])
+                                             state["params"], frozen)
 
       # Updates: num_epochs passes over shuffled minibatches; then the new params go to the producer.
       metrics_list = []
       for _ in range(rl.num_epochs):
         order = rng.permutation(rows) if rl.num_epochs > 1 or minibatch < rows else np.arange(rows)
         for i in range(0, rows, minibatch):
-          state, metrics = train_step(state, select_rows(device_batch, jnp.asarray(order[i:i + minibatch])), None)
+          state, metrics = train_step(state, select_rows(device_batch, jnp.asarray(order[i:i + minibatch])), frozen)
           metrics_list.append(metrics)
       common.check_finite(step, metrics_list[-1])
       if store is not None:
@@ -201,6 +220,9 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest, rollout_mes
       values = {k: float(np.mean([float(m[k]) for m in metrics_list])) for k in metrics_list[0]
                 if k not in ("lr", "loss_tokens")}
       values.update({k: float(v) for k, v in prepared.items()})
+      values.update({k: float(v) for k, v in teacher_metrics.items()})
+      if teacher is not None:  # Whether the rows were the records' own replies (GKD's dataset steps).
+        values["dataset_step"] = float(bool(algorithm.dataset_step(config, step)))
       values.update({"reward/mean": float(rewards.mean()) if kept else 0.0,
                      "reward/std": float(rewards.std()) if kept else 0.0,
                      "response_length/mean": float(lengths.mean()), "groups": len(kept),

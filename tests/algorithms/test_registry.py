@@ -58,5 +58,5 @@ def test_an_algorithm_registered_by_name_runs_through_the_loop(tmp_path, monkeyp
 def test_unknown_algorithm_is_a_one_line_error():
   config = config_lib.base_config()
   config.algorithm = "rlhf"
-  with pytest.raises(config_lib.ConfigError, match=r"^config\.algorithm: 'rlhf' is not one of sft, rm, dpo, grpo, ppo$"):
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.algorithm: 'rlhf' is not one of sft, rm, dpo, grpo, ppo, distill$"):
     config_lib.validate(config)
