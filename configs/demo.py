@@ -87,6 +87,29 @@ def get_config(arg: str = "base"):
     c.rl.policy_loss = "ppo_clip"
     c.rl.reward_fns = "exact_match"
     c.rl.eval_prompts = 200
+  elif arg == "distill":
+    # Not a stage of `make demo`: on-policy distillation from the SFT model with the demo's GRPO model as the
+    # teacher, the GRPO stage's prompts, steps and schedule (scripts/bench_distill.py compares the two).
+    c.algorithm = "distill"
+    c.data.train_path = os.path.join(ASSETS, "prompts_train.jsonl")
+    c.data.eval_path = os.path.join(ASSETS, "prompts_eval.jsonl")
+    c.train.steps = 200
+    c.train.log_every = 25
+    c.train.eval_every = 25
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 0
+    c.optim.schedule = "cosine"
+    c.optim.end_lr_ratio = 0.1
+    c.distill.loss = "reverse_kl"
+    c.rl.prompts_per_step = 16
+    c.rl.num_generations = 8
+    c.rl.temperature = 1.0        # The teacher's log-probs are of its own distribution at this temperature.
+    c.rl.max_prompt_len = 32
+    c.rl.max_new_tokens = 5
+    c.rl.policy_loss = "reinforce"  # One update a batch: ratio 1, nothing to clip.
+    c.rl.aggregation = "token_mean"
+    c.rl.reward_fns = "exact_match"  # Reported only.
+    c.rl.eval_prompts = 200
   else:
-    raise ValueError(f"configs/demo.py: unknown stage {arg!r} (known: base, sft, grpo)")
+    raise ValueError(f"configs/demo.py: unknown stage {arg!r} (known: base, sft, grpo, distill)")
   return c
