@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Test-only references: torch is pinned to the CPU wheel (plain `torch` pulls GBs of CUDA).
     "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "peft",
+             "trl",  # TRL's own loss code, the reference tests/algorithms/test_trl_parity.py compares with.
              "nbclient", "nbformat", "ipykernel", "matplotlib"],  # The last four run notebooks/quickstart.ipynb.
     "tpu": ["jax[tpu]"],
     "gpu": ["jax[cuda12]"],

@@ -142,8 +142,11 @@ def rl_config() -> ml_collections.ConfigDict:
   c.top_k = 0                   # 0 = off.
   c.top_p = 1.0                 # 1 = off.
   c.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce_pp.
-  c.policy_loss = "ppo_clip"    # ppo_clip | gspo | reinforce.
-  c.aggregation = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm.
+  c.policy_loss = "ppo_clip"    # ppo_clip | gspo | reinforce | cispo (cap 1 + epsilon_high) | sapo.
+  c.aggregation = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm |
+                                # seq_mean_token_sum (with gspo: LUSPO).
+  c.sapo_tau_pos = 1.0          # sapo: gate temperature on positive advantages.
+  c.sapo_tau_neg = 1.05         # sapo: gate temperature on negative advantages.
   c.epsilon_low = 0.2           # Clip range below 1.
   c.epsilon_high = 0.2          # Clip range above 1 (DAPO clip-higher: > epsilon_low).
   c.dual_clip = 0.0             # Dual-clip constant c > 1 for negative advantages (0 = off).

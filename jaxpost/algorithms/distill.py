@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from jaxpost import logprobs as logprobs_lib
+from jaxpost import mesh as mesh_lib
 from jaxpost.algorithms import grpo
 from jaxpost.algorithms.base import Algorithm
 
@@ -78,14 +79,20 @@ def _hidden(graphdef, params, batch):
 def token_divergences(graphdef, params, teacher_graphdef, teacher_params, batch, *, beta: float, temperature: float,
                       impl: str, return_argmax: bool = False):
   """JSD_beta(p_t || p_s) per token [B, T] f32 (student differentiable, teacher frozen) [, argmax_s, argmax_t
-  (B, T) int32], from both models' hidden states and unembeddings, vocabulary-tiled unless impl = naive."""
-  from jaxpost.kernels.divergence import token_divergence
+  (B, T) int32], from both models' hidden states and unembeddings, vocabulary-tiled unless impl = naive. Under
+  a context mesh the tiled path runs per token shard over (data, fsdp), as the log-probs do (logprobs.py)."""
+  from jaxpost.kernels.divergence import token_divergence, token_divergence_sharded
   b, t = batch["inputs"].shape
   h_s, w_s, cap_s = _hidden(graphdef, params, batch)
   h_t, w_t, cap_t = _hidden(teacher_graphdef, teacher_params, batch)
   h_t, w_t = jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t)  # The teacher is frozen.
-  out = token_divergence(h_s, w_s, h_t, w_t, beta=beta, temperature=temperature, student_softcap=cap_s,
-                         teacher_softcap=cap_t, impl=impl, return_argmax=return_argmax)
+  kwargs = dict(beta=beta, temperature=temperature, student_softcap=cap_s, teacher_softcap=cap_t, impl=impl,
+                return_argmax=return_argmax)
+  found = None if impl == "naive" else mesh_lib.context_row_axes(b * t)
+  if found is None or not found[0]:
+    out = token_divergence(h_s, w_s, h_t, w_t, **kwargs)
+  else:
+    out = token_divergence_sharded(h_s, w_s, h_t, w_t, found[1], token_axes=found[0], **kwargs)
   return jax.tree.map(lambda x: x.reshape(b, t), out)
 
 
@@ -186,7 +193,8 @@ def stats_from_config(config, models):
 # GRPO-family settings the gkd loss does not read.
 UNUSED_BY_GKD = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.epsilon_low", "rl.epsilon_high",
                  "rl.dual_clip", "rl.beta", "rl.kl_estimator", "rl.kl_in_reward", "rl.entropy_coef",
-                 "rl.dynamic_sampling", "rl.overlong", "rl.off_policy_correction", "rl.is_cap", "rl.old_logps")
+                 "rl.dynamic_sampling", "rl.overlong", "rl.off_policy_correction", "rl.is_cap", "rl.old_logps",
+                 "rl.sapo_tau_pos", "rl.sapo_tau_neg")
 
 
 def validate(config, checks) -> None:

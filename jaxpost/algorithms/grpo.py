@@ -6,14 +6,15 @@
 
 Each piece is picked by name in the config:
   ADVANTAGES     grpo | dr_grpo | rloo | reinforce_pp        rewards [P, G] -> advantages [P, G]
-  POLICY_LOSSES  ppo_clip | gspo | reinforce                  -> per-token loss [B, T] and clip indicators
-  AGGREGATIONS   token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+  POLICY_LOSSES  ppo_clip | gspo | reinforce | cispo | sapo   -> per-token loss [B, T] and clip indicators
+  AGGREGATIONS   token_mean | seq_mean_token_mean | seq_mean_token_sum_norm | seq_mean_token_sum
   KL             jaxpost.algorithms.kl.KL_ESTIMATORS: k1 | k2 | k3
 
 Recipes: GRPO (Shao et al. 2024) = grpo + ppo_clip + seq_mean_token_mean + beta 0.04 with k3;
 DAPO (Yu et al. 2025) = grpo + ppo_clip with eps_high 0.28 > eps_low 0.2 + token_mean, beta 0;
 Dr. GRPO (Liu et al. 2025) = dr_grpo + ppo_clip + seq_mean_token_sum_norm; GSPO (Zheng et al. 2025) =
-grpo + gspo (eps ~3e-4/4e-4) + seq_mean_token_mean.
+grpo + gspo (eps ~3e-4/4e-4) + seq_mean_token_mean; LUSPO (arXiv 2602.05261) = gspo + seq_mean_token_sum;
+CISPO (MiniMax-M1, 2025) = cispo + token_mean; SAPO (arXiv 2511.20347) = sapo + seq_mean_token_mean.
 
 Conventions and deviations:
 - Standard deviations are population ones (ddof=0), as torch's `std(unbiased=False)`; TRL and the
@@ -231,14 +232,54 @@ def reinforce_loss(logps, old_logps, advantages, mask, *, epsilon_low: float = 0
                                       ratio, mask)
 
 
-POLICY_LOSSES = {"ppo_clip": ppo_clip_loss, "gspo": gspo_loss, "reinforce": reinforce_loss}
+def cispo_loss(logps, old_logps, advantages, mask, *, epsilon_low: float = 0.2, epsilon_high: float = 4.0,
+               dual_clip: float | None = None, segment_ids=None):
+  """CISPO (MiniMax-M1, "Scaling Test-Time Compute Efficiently with Lightning Attention", 2025, eq. 4):
+
+    loss_t = -sg[min(r_t, 1 + eps_high)] A_t log pi_theta(o_t)
+
+  the importance weight is capped and its gradient stopped, but no token's gradient is dropped (PPO's clip
+  zeroes the clipped tokens'). No lower cap (the paper's eps_low^IS is unbounded). TRL's `cispo` caps at
+  `epsilon_high` itself: ours at eps_high = e equals TRL's at epsilon_high = 1 + e. Indicator: r_t above the cap."""
+  del epsilon_low, dual_clip, segment_ids
+  mask = mask.astype(jnp.float32)
+  ratio = jnp.exp(jnp.where(mask > 0, logps - old_logps, 0.0))  # (B, T)
+  weight = jax.lax.stop_gradient(jnp.minimum(ratio, 1.0 + epsilon_high))
+  loss = -weight * _per_token(advantages, mask.shape) * logps
+  capped = ratio > 1.0 + epsilon_high
+  none = jnp.zeros(mask.shape, bool)
+  return loss * mask, _masked_metrics({"clipped_low": none, "clipped_high": capped, "dual_clipped": none}, ratio, mask)
+
+
+def sapo_loss(logps, old_logps, advantages, mask, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
+              dual_clip: float | None = None, segment_ids=None, tau_pos: float = 1.0, tau_neg: float = 1.05):
+  """SAPO (arXiv 2511.20347, "Soft Adaptive Policy Optimization"): a smooth gate instead of the hard clip,
+
+    loss_t = -f_tau(r_t) A_t,   f_tau(r) = (4 / tau) sigmoid(tau (r - 1)),   tau = tau_pos if A_t > 0 else tau_neg
+
+  f_tau(1) = 2 / tau, and d f_tau(r) / d log pi = r * 4 sigmoid'(tau (r - 1)) = 1 at r = 1 (sigmoid'(0) = 1/4):
+  on-policy, the vanilla policy gradient; it decays smoothly as r leaves 1 (faster for tau_neg > tau_pos on
+  negative advantages). No token is clipped; the
+  indicators stay 0. The clip arguments are accepted and ignored (one signature for every loss)."""
+  del epsilon_low, epsilon_high, dual_clip, segment_ids
+  mask = mask.astype(jnp.float32)
+  ratio = jnp.exp(jnp.where(mask > 0, logps - old_logps, 0.0))  # (B, T)
+  adv = _per_token(advantages, mask.shape)
+  tau = jnp.where(adv > 0, tau_pos, tau_neg)
+  loss = -(4.0 / tau) * jax.nn.sigmoid(tau * (ratio - 1.0)) * adv
+  none = jnp.zeros(mask.shape, bool)
+  return loss * mask, _masked_metrics({"clipped_low": none, "clipped_high": none, "dual_clipped": none}, ratio, mask)
+
+
+POLICY_LOSSES = {"ppo_clip": ppo_clip_loss, "gspo": gspo_loss, "reinforce": reinforce_loss, "cispo": cispo_loss,
+                 "sapo": sapo_loss}
 
 # ---------------------------------------------------------------------------------------------------------
 # Aggregation: per-token loss -> (loss_sum, normalizer); the train step computes loss_sum / normalizer
 # over the global batch, summing loss_sum over microbatches.
 # ---------------------------------------------------------------------------------------------------------
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum")
 
 
 def aggregate(per_token, mask, mode: str, *, segment_ids=None, max_len: int | None = None):
@@ -247,6 +288,7 @@ def aggregate(per_token, mask, mode: str, *, segment_ids=None, max_len: int | No
     token_mean                sum_{s,t} l m / sum_{s,t} m                    (DAPO: every token weighs the same)
     seq_mean_token_mean       (1/|S|) sum_s (sum_t l m / sum_t m)            (GRPO paper)
     seq_mean_token_sum_norm   (1/|S|) sum_s (sum_t l m / max_len)            (Dr. GRPO: a constant length norm)
+    seq_mean_token_sum        (1/|S|) sum_s sum_t l m                        (LUSPO with gspo: length-unbiased)
 
   per_token, mask, segment_ids [B, T]. loss_sum is a sum over sequences (so it adds up over microbatches)
   and normalizer depends on the mask only; it is at least 1 so an all-padding batch gives 0."""
@@ -260,6 +302,8 @@ def aggregate(per_token, mask, mode: str, *, segment_ids=None, max_len: int | No
   num_sequences = jnp.maximum(jnp.sum((counts > 0).astype(jnp.float32)), 1.0)
   if mode == "seq_mean_token_mean":
     return jnp.sum(loss_sums / jnp.maximum(counts, 1.0)), num_sequences
+  if mode == "seq_mean_token_sum":
+    return jnp.sum(loss_sums), num_sequences
   if not max_len:
     raise ValueError("seq_mean_token_sum_norm needs max_len (the maximum completion length)")
   return jnp.sum(loss_sums) / max_len, num_sequences
@@ -274,7 +318,8 @@ def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = 
                       beta: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
                       epsilon_low: float = 0.2, epsilon_high: float | None = None, dual_clip: float | None = None,
                       logprob_impl: str = "naive", temperature: float = 1.0, max_len: int | None = None,
-                      off_policy_correction: str = "none", is_cap: float = 0.0):
+                      off_policy_correction: str = "none", is_cap: float = 0.0, sapo_tau_pos: float = 1.0,
+                      sapo_tau_neg: float = 1.05):
   """Returns (loss_fn(params, batch, frozen) -> (loss_sum, metric_sums), normalizer(batch)).
 
   Per token: l = w' * policy_loss + beta * KL(pi || pi_ref) - entropy_coef * H, aggregated by `aggregation`;
@@ -307,6 +352,8 @@ def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = 
   epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
   metric_mode = "token_mean" if aggregation == "token_mean" else "seq_mean_token_mean"
   policy_fn = POLICY_LOSSES[policy_loss]
+  if policy_loss == "sapo":
+    policy_fn = functools.partial(sapo_loss, tau_pos=sapo_tau_pos, tau_neg=sapo_tau_neg)
 
   def normalizer(batch):
     mask = batch["loss_mask"]
@@ -420,7 +467,8 @@ def loss_from_config(config, models):
       beta=0.0 if rl.kl_in_reward else rl.beta, kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
       epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None,
       logprob_impl=models.model_cfg.logprob_impl, temperature=rl.temperature, max_len=rl.max_new_tokens,
-      off_policy_correction=rl.off_policy_correction, is_cap=rl.is_cap)
+      off_policy_correction=rl.off_policy_correction, is_cap=rl.is_cap, sapo_tau_pos=rl.sapo_tau_pos,
+      sapo_tau_neg=rl.sapo_tau_neg)
 
 
 def batch_preparer(config, models):
@@ -440,6 +488,8 @@ def validate(config, checks) -> None:
   checks.check(r.num_generations > 1 or r.advantage == "reinforce_pp", "rl.num_generations",
                f"group baselines need >= 2 samples per prompt, got {r.num_generations}")
   checks.check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
+  for key in ("sapo_tau_pos", "sapo_tau_neg"):
+    checks.check(r[key] > 0, f"rl.{key}", f"must be > 0, got {r[key]}")
   checks.choice("rl.off_policy_correction", off_policy.CORRECTIONS)
   checks.check(r.is_cap == 0 or r.is_cap > 1, "rl.is_cap",
                f"must be 0 (the correction's default) or > 1, got {r.is_cap}")

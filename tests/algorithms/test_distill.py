@@ -109,6 +109,29 @@ def test_gkd_loss_is_zero_with_no_gradient_when_the_teacher_is_the_student():
   assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-5
 
 
+def test_gkd_loss_sharded_equals_one_device(monkeypatch):
+  """8 rows x 7 tokens over a (data 4, fsdp 2) mesh: the tiled divergence runs per token shard (shard_map), and
+  the loss and the student's gradients equal the one-device ones."""
+  from jaxpost.kernels import divergence
+  calls = []
+  sharded_fn = divergence.token_divergence_sharded
+  monkeypatch.setattr(divergence, "token_divergence_sharded", lambda *a, **k: calls.append(1) or sharded_fn(*a, **k))
+  graphdef, params = _params(STUDENT, 0)
+  teacher_graphdef, teacher = _params(TEACHER, 1)
+  batch = {k: np.concatenate([v, v, v[:2]]) for k, v in _batch().items()}  # 8 rows
+  loss_fn, _ = distill.make_gkd_loss_fn(graphdef, teacher_graphdef, beta=0.5, temperature=1.0, impl="chunked")
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (one, _), one_grads = _run(grad_fn, params, batch, teacher)
+  mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh):
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    (sharded, _), grads = _run(grad_fn, params, jax.device_put(batch, rows), teacher)
+  assert calls  # The per-shard path ran (traced once).
+  np.testing.assert_allclose(float(sharded), float(one), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(one_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_teacher_stats_reports_the_reverse_kl_and_the_teachers_logps():
   """teacher_logps are the teacher's log-probs of the targets; distill/reverse_kl the masked mean of
   KL(p_s || p_t) from full logits; agreement the fraction of loss tokens where both argmaxes agree."""

@@ -158,7 +158,8 @@ VALUES = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
 MASK = np.array([[0, 1, 1, 1], [1, 1, 0, 0]], np.float32)
 EXPECTED = {"token_mean": (20.0, 5.0),                       # (9 + 11) / 5 tokens = 4.0
             "seq_mean_token_mean": (8.5, 2.0),               # (3 + 5.5) / 2 sequences = 4.25
-            "seq_mean_token_sum_norm": (5.0, 2.0)}           # (9/4 + 11/4) / 2 sequences = 2.5, max_len 4
+            "seq_mean_token_sum_norm": (5.0, 2.0),           # (9/4 + 11/4) / 2 sequences = 2.5, max_len 4
+            "seq_mean_token_sum": (20.0, 2.0)}               # (9 + 11) / 2 sequences = 10
 
 
 @pytest.mark.parametrize("mode", grpo.AGGREGATIONS)
@@ -355,3 +356,29 @@ def test_prepare_batch_padding_groups_change_nothing(advantage):
                                  **kwargs)
   np.testing.assert_allclose(padded["advantages"][:8], plain["advantages"], rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(padded["advantages"][8:], 0.0)
+
+
+def test_cispo_caps_and_stops_the_weight_but_keeps_every_tokens_gradient():
+  """Two tokens, old log-prob 0: r = 3 with A = 1 and r = 0.5 with A = -1; eps_high 1 -> cap 2.
+  loss = -sg[min(r, 2)] A logp: -2 * ln 3 = -2.197225 and -0.5 * -1 * ln 0.5 = -0.346574; d/dlogp = -w A: -2, +0.5
+  (PPO's clip would give the first token no gradient at all)."""
+  logps = jnp.log(jnp.array([[3.0, 0.5]]))
+  fn = lambda lp: grpo.cispo_loss(lp, jnp.zeros((1, 2)), jnp.array([[1.0, -1.0]]), jnp.ones((1, 2)), epsilon_high=1.0)
+  loss, metrics = fn(logps)
+  np.testing.assert_allclose(loss, [[-2 * np.log(3.0), 0.5 * np.log(0.5)]], rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda lp: jnp.sum(fn(lp)[0]))(logps), [[-2.0, 0.5]], rtol=1e-6)
+  np.testing.assert_array_equal(metrics["clipped_high"], [[1.0, 0.0]])
+
+
+def test_sapo_gate_is_the_policy_gradient_on_policy_and_soft_off_it():
+  """r = 1 (logp = old): loss = -(4 / tau) sig(0) A = -2 A / tau: A = 1, tau_pos 1 -> -2; A = -1, tau_neg 2 -> 1;
+  gradient -4 sig'(0) r A = -A (sig'(0) = 1/4): -1 and +1, the vanilla policy gradient. At r = 3, A = 1, tau 1: the
+  gradient is -4 sig'(2) 3 = -12 * 0.1049936 = -1.259923 (a hard clip at 1.2 would give 0)."""
+  fn = lambda lp, old, adv: grpo.sapo_loss(lp, old, adv, jnp.ones((1, 2)), tau_pos=1.0, tau_neg=2.0)[0]
+  zeros, adv = jnp.zeros((1, 2)), jnp.array([[1.0, -1.0]])
+  np.testing.assert_allclose(fn(zeros, zeros, adv), [[-2.0, 1.0]], rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda lp: jnp.sum(fn(lp, zeros, adv)))(zeros), [[-1.0, 1.0]], rtol=1e-6)
+  far = jnp.log(jnp.array([[3.0, 1.0]]))
+  grad = jax.grad(lambda lp: jnp.sum(fn(lp, zeros, jnp.array([[1.0, 0.0]]))))(far)
+  np.testing.assert_allclose(grad[0, 0], -12 * jax.nn.sigmoid(2.0) * (1 - jax.nn.sigmoid(2.0)), rtol=1e-5)
+
