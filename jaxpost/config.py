@@ -65,6 +65,7 @@ def dpo_config() -> ml_collections.ConfigDict:
   c.desirable_weight = 1.0      # kto: weight of desirable examples (lambda_D).
   c.undesirable_weight = 1.0    # kto: weight of undesirable examples (lambda_U).
   c.ref_logps = "precompute"    # Reference log-probs: precompute (one pass before training) | online (frozen params).
+  c.ipo_length_norm = True      # ipo: length-normalised log-ratios (TRL's form, the IPO paper's results) | summed.
   return c
 
 
@@ -142,6 +143,9 @@ def rl_config() -> ml_collections.ConfigDict:
   c.top_k = 0                   # 0 = off.
   c.top_p = 1.0                 # 1 = off.
   c.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce_pp.
+  c.scale_rewards = "group"     # grpo: divide by the group's std | the batch's std (Lite PPO) | none (= dr_grpo).
+  c.std_ddof = 0                # grpo: std's ddof, 0 (population; the demo's measured recipe) | 1 (TRL's, verl's).
+  c.std_eps = 1e-6              # grpo: epsilon added to the std (TRL: 1e-4).
   c.policy_loss = "ppo_clip"    # ppo_clip | gspo | reinforce | cispo (cap 1 + epsilon_high) | sapo.
   c.aggregation = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm |
                                 # seq_mean_token_sum (with gspo: LUSPO).

@@ -141,7 +141,7 @@ def teacher_stats(batch, policy_params, teacher_params, *, graphdef, teacher_gra
 
 
 def prepare_batch(batch, rollout, params=None, frozen=None, *, loss: str, reward_weight: float, num_generations: int,
-                  advantage: str):
+                  advantage: str, advantage_options=None):
   """reverse_kl: batch + advantages (R, T) from old_logps (the sampler's) and teacher_logps (see
   `reverse_kl_advantages`; the task reward's group advantages from rollout["rewards"] when reward_weight > 0).
   gkd: the batch as it is (its loss reads the teacher itself). Pure, jitted by the loop."""
@@ -152,7 +152,7 @@ def prepare_batch(batch, rollout, params=None, frozen=None, *, loss: str, reward
     if reward_weight:
       valid = rollout["valid"].reshape(-1, num_generations)[:, 0] > 0  # (P,)
       group = grpo.compute_advantages(rollout["rewards"].reshape(-1, num_generations), None, advantage,
-                                      valid=valid).reshape(-1)  # (R,)
+                                      valid=valid, **(advantage_options or {})).reshape(-1)  # (R,)
     batch["advantages"] = reverse_kl_advantages(batch["old_logps"], batch["teacher_logps"], batch["loss_mask"], group,
                                                 reward_weight=reward_weight)
   return batch, {}
@@ -181,7 +181,8 @@ def batch_preparer(config, models):
   del models
   d, rl = config.distill, config.rl
   return functools.partial(prepare_batch, loss=d.loss, reward_weight=d.reward_weight,
-                           num_generations=rl.num_generations, advantage=rl.advantage)
+                           num_generations=rl.num_generations, advantage=rl.advantage,
+                           advantage_options=grpo.advantage_options(rl))
 
 
 def stats_from_config(config, models):
@@ -194,7 +195,7 @@ def stats_from_config(config, models):
 UNUSED_BY_GKD = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.epsilon_low", "rl.epsilon_high",
                  "rl.dual_clip", "rl.beta", "rl.kl_estimator", "rl.kl_in_reward", "rl.entropy_coef",
                  "rl.dynamic_sampling", "rl.overlong", "rl.off_policy_correction", "rl.is_cap", "rl.old_logps",
-                 "rl.sapo_tau_pos", "rl.sapo_tau_neg")
+                 "rl.sapo_tau_pos", "rl.sapo_tau_neg", "rl.scale_rewards", "rl.std_ddof", "rl.std_eps")
 
 
 def validate(config, checks) -> None:

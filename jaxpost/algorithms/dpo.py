@@ -25,7 +25,9 @@ the batch lacks them, from `frozen["ref_params"]` under stop_gradient; simpo and
 
 Conventions and deviations:
 - Rewards (metrics) are beta * rho(y) (sigmoid, ipo, kto) or beta * s(y)/|y| (simpo, orpo), as in TRL.
-- IPO uses summed log-ratios as in the paper; TRL divides them by the completion length.
+- IPO (dpo.ipo_length_norm, default on) divides each completion's summed log-ratio by its length before the
+  squared loss, as TRL does and as its authors confirmed the IPO paper's results were computed; off, the
+  summed log-ratios of the paper's equation 17 (the same beta then means a regulariser ~length^2 weaker).
 - ORPO's SFT term is a per-pair token mean, averaged over pairs (TRL: token mean over the batch).
 - KTO's z0 is the mean over the (micro)batch, detached, as in TRL; with gradient accumulation each
   microbatch has its own z0. KTO's reward metrics are means over the desirable (resp. undesirable)
@@ -103,6 +105,7 @@ class Options:
   gamma: float = 0.5                # SimPO target reward margin.
   desirable_weight: float = 1.0     # KTO lambda_D.
   undesirable_weight: float = 1.0   # KTO lambda_U.
+  ipo_length_norm: bool = True      # IPO: per-token (length-normalised) log-ratios, TRL's form.
 
 
 def _sigmoid(logps, ref_logps, lengths, o: Options):
@@ -111,8 +114,9 @@ def _sigmoid(logps, ref_logps, lengths, o: Options):
 
 
 def _ipo(logps, ref_logps, lengths, o: Options):
-  rho = logps - ref_logps
-  return ipo_loss(rho[:, 0], rho[:, 1], beta=o.beta), o.beta * rho
+  rho = logps - ref_logps  # (B, 2)
+  h = rho / jnp.maximum(lengths, 1.0) if o.ipo_length_norm else rho
+  return ipo_loss(h[:, 0], h[:, 1], beta=o.beta), o.beta * rho
 
 
 def _simpo(logps, ref_logps, lengths, o: Options):
@@ -223,7 +227,8 @@ def make_reference_logps_fn(graphdef, logprob_impl: str = "naive"):
 def options_from_config(d) -> Options:
   """config.dpo -> Options."""
   return Options(beta=d.beta, label_smoothing=d.label_smoothing, gamma=d.gamma,
-                 desirable_weight=d.desirable_weight, undesirable_weight=d.undesirable_weight)
+                 desirable_weight=d.desirable_weight, undesirable_weight=d.undesirable_weight,
+                 ipo_length_norm=d.ipo_length_norm)
 
 
 PAIR_ROWS = "a row holds one pair, chosen and rejected side by side (fields (R, 2, T)), never packed"

@@ -54,15 +54,33 @@ def _grouped(rewards, group_size: int | None) -> jnp.ndarray:
   return rewards
 
 
-def grpo_advantages(rewards, group_size: int | None = None, *, eps: float = 1e-6) -> jnp.ndarray:
-  """GRPO outcome advantages (Shao et al. 2024, DeepSeekMath, sec. 4.1.2):
+def grpo_advantages(rewards, group_size: int | None = None, *, eps: float = 1e-6, ddof: int = 0,
+                    scale: str = "group", valid=None) -> jnp.ndarray:
+  """GRPO outcome advantages (Shao et al. 2024, DeepSeekMath, sec. 4.1.2), with TRL's `scale_rewards`:
 
-    A_{p,i} = (r_{p,i} - mean_j r_{p,j}) / (std_j r_{p,j} + eps),   std with ddof=0.
+    A_{p,i} = (r_{p,i} - mean_j r_{p,j}) / (sigma + eps)
+    scale = group   sigma = std_j r_{p,j}              (GRPO)
+            batch   sigma = std over the batch's rows   (Lite PPO / PPO-Lite, arXiv 2508.08221)
+            none    no division                         (Dr. GRPO)
 
-  A group whose rewards are all equal gets A = 0 (it carries no signal)."""
+  std with `ddof` (0: population; 1: the sample std of TRL and verl, larger by sqrt(n / (n - 1))). A group whose
+  rewards are all equal gets A = 0. `valid` (P,) bool: the groups a batch std counts (padding groups do not)."""
   r = _grouped(rewards, group_size)
-  centred = r - jnp.mean(r, axis=1, keepdims=True)
-  return centred / (jnp.std(r, axis=1, keepdims=True) + eps)
+  centred = r - jnp.mean(r, axis=1, keepdims=True)  # (P, G)
+  if scale == "none":
+    return centred
+  if scale == "group":
+    return centred / (jnp.std(r, axis=1, keepdims=True, ddof=ddof) + eps)
+  if scale != "batch":
+    raise ValueError(f"unknown reward scaling {scale!r}; choose one of {SCALE_REWARDS}")
+  w = jnp.ones(r.shape) if valid is None else jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None], r.shape)
+  n = jnp.sum(w)
+  mean = jnp.sum(r * w) / jnp.maximum(n, 1.0)
+  std = jnp.sqrt(jnp.sum(jnp.square(r - mean) * w) / jnp.maximum(n - ddof, 1.0))
+  return centred / (std + eps)
+
+
+SCALE_REWARDS = ("group", "batch", "none")
 
 
 def dr_grpo_advantages(rewards, group_size: int | None = None) -> jnp.ndarray:
@@ -108,15 +126,16 @@ ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rl
               "reinforce_pp": reinforce_pp_advantages}
 
 
-def compute_advantages(rewards, group_size: int | None, estimator: str, *, valid=None) -> jnp.ndarray:
-  """advantages [P, G] from rewards [P*G] or [P, G] with the named estimator. `valid` (P,) bool marks the
-  real groups of a padded batch: the others get advantage 0 and do not enter batch-wide statistics."""
+def compute_advantages(rewards, group_size: int | None, estimator: str, *, valid=None, **options) -> jnp.ndarray:
+  """advantages [P, G] from rewards [P*G] or [P, G] with the named estimator (`options`: its keywords, e.g.
+  grpo's scale / ddof / eps). `valid` (P,) bool marks the real groups of a padded batch: the others get
+  advantage 0 and do not enter batch-wide statistics."""
   if estimator not in ADVANTAGES:
     raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {sorted(ADVANTAGES)}")
   if valid is None:
-    return ADVANTAGES[estimator](rewards, group_size)
-  kwargs = {"valid": valid} if estimator == "reinforce_pp" else {}
-  advantages = ADVANTAGES[estimator](rewards, group_size, **kwargs)
+    return ADVANTAGES[estimator](rewards, group_size, **options)
+  kwargs = {"valid": valid} if estimator in ("reinforce_pp", "grpo") else {}
+  advantages = ADVANTAGES[estimator](rewards, group_size, **kwargs, **options)
   return advantages * jnp.asarray(valid, jnp.float32)[:, None]
 
 
@@ -436,7 +455,7 @@ def shape_rewards(config, rewards: np.ndarray, lengths: np.ndarray) -> np.ndarra
 
 
 def prepare_batch(batch, rollout, params=None, frozen=None, *, num_generations: int, advantage: str, beta: float, kl_in_reward: bool,
-                  filter_truncated: bool):
+                  filter_truncated: bool, advantage_options=None):
   """The rollout rows -> the policy loss's batch: group advantages from the (shaped) rewards.
 
   batch: rollout fields (R, T) with old_logps, and ref_logps when a reference is kept; rollout: rewards,
@@ -455,7 +474,8 @@ def prepare_batch(batch, rollout, params=None, frozen=None, *, num_generations: 
     mask = batch["loss_mask"].astype(jnp.float32)
     rewards = rewards - beta * jnp.sum((batch["old_logps"] - batch["ref_logps"]) * mask, axis=1)
   valid = rollout["valid"].reshape(-1, num_generations)[:, 0] > 0  # (P,)
-  advantages = compute_advantages(rewards.reshape(-1, num_generations), None, advantage, valid=valid)  # (P, G)
+  advantages = compute_advantages(rewards.reshape(-1, num_generations), None, advantage, valid=valid,
+                                  **(advantage_options or {}))  # (P, G)
   batch["advantages"] = advantages.reshape(-1)
   return batch, {}
 
@@ -475,12 +495,25 @@ def batch_preparer(config, models):
   del models
   rl = config.rl
   return functools.partial(prepare_batch, num_generations=rl.num_generations, advantage=rl.advantage,
-                           beta=rl.beta, kl_in_reward=rl.kl_in_reward, filter_truncated=rl.overlong == "filter")
+                           beta=rl.beta, kl_in_reward=rl.kl_in_reward, filter_truncated=rl.overlong == "filter",
+                           advantage_options=advantage_options(rl))
+
+
+def advantage_options(rl) -> dict:
+  """The advantage estimator's keywords from config.rl: grpo's reward scaling, std ddof and eps."""
+  if rl.advantage != "grpo":
+    return {}
+  return {"scale": rl.scale_rewards, "ddof": rl.std_ddof, "eps": rl.std_eps}
 
 
 def validate(config, checks) -> None:
   r = config.rl
   checks.choice("rl.advantage", tuple(ADVANTAGES))
+  checks.choice("rl.scale_rewards", SCALE_REWARDS)
+  checks.choice("rl.std_ddof", (0, 1))
+  checks.check(r.std_eps > 0, "rl.std_eps", f"must be > 0, got {r.std_eps}")
+  if r.advantage != "grpo":
+    checks.unused(("rl.scale_rewards", "rl.std_ddof", "rl.std_eps"), f"they shape advantage=grpo's, not {r.advantage}'s")
   checks.choice("rl.policy_loss", tuple(POLICY_LOSSES))
   checks.choice("rl.aggregation", AGGREGATIONS)
   checks.choice("rl.kl_estimator", tuple(kl_lib.KL_ESTIMATORS))

@@ -158,7 +158,8 @@ def batch_preparer(config, models):
 # GRPO-family settings PPO does not read: set away from their defaults, they would do nothing.
 UNUSED_RL = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.dual_clip", "rl.kl_estimator",
              "rl.kl_in_reward", "rl.dynamic_sampling", "rl.max_refills", "rl.overlong", "rl.overlong_buffer",
-             "rl.off_policy_correction", "rl.is_cap", "rl.sapo_tau_pos", "rl.sapo_tau_neg")
+             "rl.off_policy_correction", "rl.is_cap", "rl.sapo_tau_pos", "rl.sapo_tau_neg", "rl.scale_rewards",
+             "rl.std_ddof", "rl.std_eps")
 
 
 def validate(config, checks) -> None:

@@ -111,7 +111,9 @@ def test_policy_equal_reference_gives_ln2_and_zero_margins():
 
 @pytest.mark.parametrize("loss_type,expected", [
     ("sigmoid", SP1),          # rho_w = +1, rho_l = -1, beta 0.5: h = 1.
-    ("ipo", 1.0),              # (2 - 1/(2 * 0.5))^2 = 1.
+    ("ipo", 1.0),              # summed (ipo_length_norm off): (2 - 1/(2 * 0.5))^2 = 1.
+    ("ipo_norm", 0.0381944),   # per token, lengths (3,2) (1,4) (2,2) (4,1): (1/n_w + 1/n_l - 1)^2 =
+                               # 1/36, 1/16, 0, 1/16, mean 0.0381944.
     ("kto", None)])            # checked below
 def test_loss_fn_with_precomputed_reference(loss_type, expected):
   """Zero params: s = -n ln V. ref_logps = s -/+ 1 makes rho = +1 for chosen (index 0), -1 for rejected.
@@ -122,7 +124,8 @@ def test_loss_fn_with_precomputed_reference(loss_type, expected):
   batch["ref_logps"] = (-n * LN_V + np.array([-1.0, 1.0])).astype(np.float32)
   batch = {k: np.concatenate([v, np.zeros_like(v[:1])]) for k, v in batch.items()}  # + an eval padding pair
   assert float(dpo.normalizer(batch)) == 4.0  # ... which counts for nothing.
-  loss_fn, _ = dpo.make_loss_fn(graphdef, loss_type=loss_type, options=dpo.Options(beta=0.5))
+  options = dpo.Options(beta=0.5, ipo_length_norm=loss_type == "ipo_norm")
+  loss_fn, _ = dpo.make_loss_fn(graphdef, loss_type=loss_type.replace("_norm", ""), options=options)
   loss, m = _mean(loss_fn, params, batch)
   if loss_type == "kto":
     # KL rows (index 1) have rho = -1 -> z0 = max(0, -1) = 0; examples rho = +1: desirable rows 0, 2 give

@@ -382,3 +382,20 @@ def test_sapo_gate_is_the_policy_gradient_on_policy_and_soft_off_it():
   grad = jax.grad(lambda lp: jnp.sum(fn(lp, zeros, jnp.array([[1.0, 0.0]]))))(far)
   np.testing.assert_allclose(grad[0, 0], -12 * jax.nn.sigmoid(2.0) * (1 - jax.nn.sigmoid(2.0)), rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("scale,ddof,expected", [
+    # rewards (1, 0) and (1, 1): group means 0.5 and 1, centred (0.5, -0.5) and (0, 0).
+    ("group", 0, [[1.0, -1.0], [0.0, 0.0]]),            # group std 0.5 (ddof 0)
+    ("group", 1, [[0.7071068, -0.7071068], [0, 0]]),   # group std sqrt(0.5) = 0.7071068 (ddof 1, TRL's)
+    ("batch", 0, [[1.1547005, -1.1547005], [0, 0]]),   # std of (1, 0, 1, 1): sqrt(0.1875) = 0.4330127
+    ("batch", 1, [[1.0, -1.0], [0.0, 0.0]]),            # sample std: sqrt(0.75 / 3) = 0.5
+    ("none", 0, [[0.5, -0.5], [0.0, 0.0]])])            # Dr. GRPO
+def test_grpo_reward_scaling_by_hand(scale, ddof, expected):
+  rewards = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+  np.testing.assert_allclose(grpo.grpo_advantages(rewards, scale=scale, ddof=ddof, eps=0.0 if scale != "group" else 1e-9),
+                             expected, rtol=1e-6, atol=1e-7)
+  # A padding group (its rewards 9, 9) counts in no batch statistic and gets advantage 0.
+  padded = grpo.compute_advantages(jnp.array([[1.0, 0.0], [1.0, 1.0], [9.0, 9.0]]), None, "grpo",
+                                   valid=jnp.array([True, True, False]), scale=scale, ddof=ddof, eps=1e-9)
+  np.testing.assert_allclose(padded, np.concatenate([expected, [[0.0, 0.0]]]), rtol=1e-5, atol=1e-6)

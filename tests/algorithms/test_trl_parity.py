@@ -15,6 +15,18 @@ per-token log-probs within 1e-5:
   TRL cispo           == cispo + token_mean, TRL's epsilon_high = 1 + ours (TRL caps the ratio at epsilon_high)
   TRL sapo            == sapo + seq_mean_token_mean
 and with beta > 0 TRL's KL term (k3) equals ours.
+
+DPO family (`DPOTrainer._compute_loss`, the model's per-token log-probs given): sigmoid (DPO) and ipo, values and
+gradients. IPO's length normalisation is TRL's and our default (dpo.ipo_length_norm); off, the losses differ
+(shown). TRL's label smoothing belongs to its `robust` loss (rDPO), not to `sigmoid`: our sigmoid's
+label_smoothing is cDPO's, which TRL 1.16 no longer has, so it is checked by hand (tests/algorithms/test_dpo.py).
+
+SimPO (`CPOTrainer.cpo_loss`, loss_type="simpo", with label smoothing) and ORPO's odds-ratio term
+(`ORPOTrainer.odds_ratio_loss`) on per-token-mean log-probs. ORPO's SFT term differs on purpose: ours is each
+pair's token mean averaged over pairs, TRL's the token mean over the batch (tests/algorithms/test_dpo.py).
+
+Reward model (`RewardTrainer.compute_loss`, the model's scalar scores given): Bradley-Terry with a margin and
+the centering term, values and gradients w.r.t. the scores.
 """
 import collections
 import types
@@ -24,11 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpost.algorithms import dpo
 from jaxpost.algorithms import grpo
 from jaxpost.algorithms import kl as kl_lib
+from jaxpost.algorithms import rm
 
 torch = pytest.importorskip("torch")
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+trl_rm = pytest.importorskip("trl.trainer.reward_trainer")
+trl_cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+trl_orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
 
 
 class _OneProcess:
@@ -132,3 +150,131 @@ def test_cispo_equals_trls_with_its_cap_convention():
   value, grad = _ours("cispo", "token_mean", logps, old, ref, advantages, mask, epsilon_high=0.2)
   np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def _pairs(seed=1, b=3, t=7):
+  """Per-token log-probs of 2B rows (chosen rows first, TRL's layout), 0 off the completions; completions of
+  (4, 2), (1, 5), (3, 3) tokens starting at position 1; reference sequence log-probs."""
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((2 * b, t), np.float32)
+  for i, (nc, nr) in enumerate(((4, 2), (1, 5), (3, 3))[:b]):
+    mask[i, 1:1 + nc], mask[b + i, 1:1 + nr] = 1, 1
+  per_token = (-rng.uniform(0.1, 2.0, (2 * b, t)) * mask).astype(np.float32)
+  ref = (per_token.sum(1) + rng.normal(0, 0.7, 2 * b)).astype(np.float32)
+  return per_token, mask, ref
+
+
+def _trl_dpo(loss_type, per_token, mask, ref, *, beta):
+  """TRL's DPOTrainer._compute_loss with the model's per-token log-probs given -> (loss, d loss / d per_token)."""
+  trainer = object.__new__(trl_dpo.DPOTrainer)
+  rows, t = per_token.shape
+  lp = torch.tensor(per_token[:, 1:], requires_grad=True)  # (2B, T-1): the log-prob of token j+1 at column j
+  outputs = types.SimpleNamespace(log_probs=lp, entropy=torch.zeros(rows, t - 1), mean_logits=torch.zeros(rows, t - 1),
+                                  is_top1=torch.zeros(rows, t - 1, dtype=torch.bool))
+  model = lambda **kwargs: outputs
+  model.training = True
+  trainer.__dict__.update(
+      model=model, accelerator=_OneProcess(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+      f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=0.0,
+      use_weighting=False, _total_train_tokens=0, _tp_size=1,
+      _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)})
+  b = rows // 2
+  inputs = {"input_ids": torch.ones(rows, t, dtype=torch.long), "attention_mask": torch.ones(rows, t, dtype=torch.long),
+            "completion_mask": torch.tensor(mask, dtype=torch.long), "ref_chosen_logps": torch.tensor(ref[:b]),
+            "ref_rejected_logps": torch.tensor(ref[b:])}
+  loss = trainer._compute_loss(model, inputs, return_outputs=False)
+  loss.backward()
+  grad = np.zeros_like(per_token)
+  grad[:, 1:] = lp.grad.numpy()
+  return float(loss.detach()), grad * mask  # (TRL sums log_probs unmasked: they are 0 off the completions.)
+
+
+def _ours_dpo(loss_type, per_token, mask, ref, **options):
+  """Our paired loss on the same sequences -> (mean loss, d loss / d per-token log-probs)."""
+  b = per_token.shape[0] // 2
+  pair = lambda x: jnp.stack([x[:b], x[b:]], axis=1)  # (2B, ...) -> (B, 2, ...)
+  lengths = pair(jnp.asarray(mask.sum(1)))
+
+  def loss(per_token):
+    losses, _ = dpo.PAIRED_LOSSES[loss_type](pair(per_token.sum(1)), pair(jnp.asarray(ref)), lengths,
+                                             dpo.Options(**options))
+    return jnp.mean(losses)
+
+  value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(per_token))
+  return float(value), np.asarray(grad) * mask
+
+
+@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("sigmoid", 2.0), ("ipo", 0.1), ("ipo", 0.5)])
+def test_dpo_losses_equal_trls(loss_type, beta):
+  per_token, mask, ref = _pairs()
+  expected, expected_grad = _trl_dpo(loss_type, per_token, mask, ref, beta=beta)
+  value, grad = _ours_dpo(loss_type, per_token, mask, ref, beta=beta)
+  np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+  if loss_type == "ipo":  # The summed form (dpo.ipo_length_norm = False) is another regulariser.
+    summed, _ = _ours_dpo(loss_type, per_token, mask, ref, beta=beta, ipo_length_norm=False)
+    assert abs(summed - expected) > 0.01 * abs(expected)
+
+
+@pytest.mark.parametrize("margin,center", [(False, None), (True, 0.01)])
+def test_reward_model_loss_equals_trls(margin, center):
+  rng = np.random.default_rng(2)
+  scores = rng.normal(0, 1.5, 8).astype(np.float32)  # chosen (first 4), rejected (last 4), TRL's layout
+  margins = rng.uniform(0, 1, 4).astype(np.float32)
+  trainer = object.__new__(trl_rm.RewardTrainer)
+  logits = torch.tensor(scores[:, None], requires_grad=True)  # (2B, 1)
+  model = lambda **kwargs: types.SimpleNamespace(logits=logits)
+  model.training = True
+  trainer.__dict__.update(model=model, accelerator=_OneProcess(), _total_train_tokens=0, _tp_size=1,
+                          args=types.SimpleNamespace(center_rewards_coefficient=center),
+                          _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)})
+  inputs = {"input_ids": torch.ones(8, 3, dtype=torch.long), "attention_mask": torch.ones(8, 3, dtype=torch.long)}
+  if margin:
+    inputs["margin"] = torch.tensor(margins)
+  loss = trainer.compute_loss(model, inputs)
+  loss.backward()
+
+  def ours(s):
+    return jnp.mean(rm.bradley_terry_loss(s[:4], s[4:], jnp.asarray(margins) if margin else 0.0,
+                                          center_coef=center or 0.0))
+  value, grad = jax.value_and_grad(ours)(jnp.asarray(scores))
+  np.testing.assert_allclose(float(value), float(loss.detach()), rtol=1e-6)
+  np.testing.assert_allclose(grad, logits.grad.numpy()[:, 0], rtol=1e-5, atol=1e-7)
+
+
+def _avg_logps(seed=3, b=5):
+  rng = np.random.default_rng(seed)
+  return (-rng.uniform(0.05, 2.5, b)).astype(np.float32), (-rng.uniform(0.05, 2.5, b)).astype(np.float32)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_simpo_equals_trls_cpo_simpo(label_smoothing):
+  chosen, rejected = _avg_logps()
+  trainer = object.__new__(trl_cpo.CPOTrainer)
+  trainer.__dict__.update(alpha=0.0, loss_type="simpo", simpo_gamma=0.5, beta=2.0, label_smoothing=label_smoothing,
+                          accelerator=_OneProcess())
+  c, r = torch.tensor(chosen, requires_grad=True), torch.tensor(rejected, requires_grad=True)
+  losses, _, _ = trainer.cpo_loss(c, r)
+  losses.sum().backward()
+  ours = lambda c, r: jnp.sum(dpo.simpo_loss(c, r, beta=2.0, gamma=0.5, label_smoothing=label_smoothing))
+  np.testing.assert_allclose(dpo.simpo_loss(chosen, rejected, beta=2.0, gamma=0.5, label_smoothing=label_smoothing),
+                             losses.detach().numpy(), rtol=1e-5)
+  grads = jax.grad(ours, argnums=(0, 1))(jnp.asarray(chosen), jnp.asarray(rejected))
+  np.testing.assert_allclose(grads[0], c.grad.numpy(), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(grads[1], r.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_orpo_odds_ratio_term_equals_trls():
+  """TRL returns beta log sig(log odds ratio) and subtracts its mean from the NLL; ours returns the whole
+  per-pair loss -a_w - beta log sig(...): its odds-ratio part, orpo_loss + a_w, is minus TRL's term."""
+  chosen, rejected = _avg_logps()
+  trainer = object.__new__(trl_orpo.ORPOTrainer)
+  trainer.__dict__.update(beta=0.1, accelerator=_OneProcess())
+  c, r = torch.tensor(chosen, requires_grad=True), torch.tensor(rejected, requires_grad=True)
+  losses = trainer.odds_ratio_loss(c, r)[0]
+  (-losses.sum()).backward()
+  ours = lambda c, r: dpo.orpo_loss(c, r, beta=0.1) + c
+  np.testing.assert_allclose(ours(chosen, rejected), -losses.detach().numpy(), rtol=1e-5)
+  grads = jax.grad(lambda c, r: jnp.sum(ours(c, r)), argnums=(0, 1))(jnp.asarray(chosen), jnp.asarray(rejected))
+  np.testing.assert_allclose(grads[0], c.grad.numpy(), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(grads[1], r.grad.numpy(), rtol=1e-5, atol=1e-7)
