@@ -146,11 +146,16 @@ def rl_config() -> ml_collections.ConfigDict:
   c.scale_rewards = "group"     # grpo: divide by the group's std | the batch's std (Lite PPO) | none (= dr_grpo).
   c.std_ddof = 0                # grpo: std's ddof, 0 (population; the demo's measured recipe) | 1 (TRL's, verl's).
   c.std_eps = 1e-6              # grpo: epsilon added to the std (TRL: 1e-4).
-  c.policy_loss = "ppo_clip"    # ppo_clip | gspo | reinforce | cispo (cap 1 + epsilon_high) | sapo.
+  c.policy_loss = "ppo_clip"    # ppo_clip | gspo | reinforce | cispo (cap 1 + epsilon_high) | sapo | vespo.
   c.aggregation = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm |
                                 # seq_mean_token_sum (with gspo: LUSPO).
   c.sapo_tau_pos = 1.0          # sapo: gate temperature on positive advantages.
   c.sapo_tau_neg = 1.05         # sapo: gate temperature on negative advantages.
+  c.vespo = ml_collections.ConfigDict()  # vespo: phi(w) = e^lambda w^k e^(-lambda w) of the sequence ratio w.
+  c.vespo.k_pos = 2.0           # k for A >= 0.
+  c.vespo.lambda_pos = 3.0      # lambda for A >= 0.
+  c.vespo.k_neg = 3.0           # k for A < 0.
+  c.vespo.lambda_neg = 2.0      # lambda for A < 0.
   c.epsilon_low = 0.2           # Clip range below 1.
   c.epsilon_high = 0.2          # Clip range above 1 (DAPO clip-higher: > epsilon_low).
   c.dual_clip = 0.0             # Dual-clip constant c > 1 for negative advantages (0 = off).

@@ -195,7 +195,7 @@ def stats_from_config(config, models):
 UNUSED_BY_GKD = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.epsilon_low", "rl.epsilon_high",
                  "rl.dual_clip", "rl.beta", "rl.kl_estimator", "rl.kl_in_reward", "rl.entropy_coef",
                  "rl.dynamic_sampling", "rl.overlong", "rl.off_policy_correction", "rl.is_cap", "rl.old_logps",
-                 "rl.sapo_tau_pos", "rl.sapo_tau_neg", "rl.scale_rewards", "rl.std_ddof", "rl.std_eps")
+                 "rl.sapo_tau_pos", "rl.sapo_tau_neg", "rl.scale_rewards", "rl.std_ddof", "rl.std_eps", "rl.vespo")
 
 
 def validate(config, checks) -> None:

@@ -6,7 +6,7 @@
 
 Each piece is picked by name in the config:
   ADVANTAGES     grpo | dr_grpo | rloo | reinforce_pp        rewards [P, G] -> advantages [P, G]
-  POLICY_LOSSES  ppo_clip | gspo | reinforce | cispo | sapo   -> per-token loss [B, T] and clip indicators
+  POLICY_LOSSES  ppo_clip | gspo | reinforce | cispo | sapo | vespo   -> per-token loss [B, T] and indicators
   AGGREGATIONS   token_mean | seq_mean_token_mean | seq_mean_token_sum_norm | seq_mean_token_sum
   KL             jaxpost.algorithms.kl.KL_ESTIMATORS: k1 | k2 | k3
 
@@ -14,7 +14,8 @@ Recipes: GRPO (Shao et al. 2024) = grpo + ppo_clip + seq_mean_token_mean + beta 
 DAPO (Yu et al. 2025) = grpo + ppo_clip with eps_high 0.28 > eps_low 0.2 + token_mean, beta 0;
 Dr. GRPO (Liu et al. 2025) = dr_grpo + ppo_clip + seq_mean_token_sum_norm; GSPO (Zheng et al. 2025) =
 grpo + gspo (eps ~3e-4/4e-4) + seq_mean_token_mean; LUSPO (arXiv 2602.05261) = gspo + seq_mean_token_sum;
-CISPO (MiniMax-M1, 2025) = cispo + token_mean; SAPO (arXiv 2511.20347) = sapo + seq_mean_token_mean.
+CISPO (MiniMax-M1, 2025) = cispo + token_mean; SAPO (arXiv 2511.20347) = sapo + seq_mean_token_mean;
+VESPO (arXiv 2602.10693) = vespo + token_mean.
 
 Conventions and deviations:
 - Standard deviations are population ones (ddof=0), as torch's `std(unbiased=False)`; TRL and the
@@ -290,8 +291,35 @@ def sapo_loss(logps, old_logps, advantages, mask, *, epsilon_low: float = 0.2, e
   return loss * mask, _masked_metrics({"clipped_low": none, "clipped_high": none, "dual_clipped": none}, ratio, mask)
 
 
+def vespo_loss(logps, old_logps, advantages, mask, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
+               dual_clip: float | None = None, segment_ids=None, k_pos: float = 2.0, lambda_pos: float = 3.0,
+               k_neg: float = 3.0, lambda_neg: float = 2.0):
+  """VESPO (arXiv 2602.10693): a smooth, asymmetric weight of each sequence's importance ratio,
+
+    w_i = exp(sum_t (logp_{i,t} - old_logp_{i,t}))                       (a sum over the sequence, not a mean)
+    phi(w) = exp(lambda + k log w - lambda w)  (= e^lambda w^k e^{-lambda w}, so phi(1) = 1)
+    loss_t = -sg[phi(w_i)] A_t logp_t,   (k, lambda) = (k_pos, lambda_pos) if A_t >= 0 else (k_neg, lambda_neg)
+
+  phi peaks at w = k / lambda and vanishes for w -> 0 and w -> inf: stale or drifted sequences fade out instead
+  of being clipped. Per-token log-ratios are clamped to [-20, 20] and log w to [ln 1e-8, 20] (TRL's and the
+  paper code's ranges). The clip arguments are accepted and ignored (one signature for every loss)."""
+  del epsilon_low, epsilon_high, dual_clip
+  mask = mask.astype(jnp.float32)
+  log_ratio = jnp.clip(jnp.where(mask > 0, logps - old_logps, 0.0), -20.0, 20.0)  # (B, T)
+  sums, ids = _sequence_sums(log_ratio, mask, segment_ids)
+  log_w = jnp.clip(sums[ids], np.log(1e-8), 20.0)  # (B, T): each token's sequence
+  adv = _per_token(advantages, mask.shape)
+  k = jnp.where(adv >= 0, k_pos, k_neg)
+  lam = jnp.where(adv >= 0, lambda_pos, lambda_neg)
+  phi = jax.lax.stop_gradient(jnp.nan_to_num(jnp.exp(lam + k * log_w - lam * jnp.exp(log_w)), nan=0.0, posinf=0.0))
+  loss = -phi * adv * logps
+  none = jnp.zeros(mask.shape, bool)
+  ratio = jnp.exp(log_ratio)
+  return loss * mask, _masked_metrics({"clipped_low": none, "clipped_high": none, "dual_clipped": none}, ratio, mask)
+
+
 POLICY_LOSSES = {"ppo_clip": ppo_clip_loss, "gspo": gspo_loss, "reinforce": reinforce_loss, "cispo": cispo_loss,
-                 "sapo": sapo_loss}
+                 "sapo": sapo_loss, "vespo": vespo_loss}
 
 # ---------------------------------------------------------------------------------------------------------
 # Aggregation: per-token loss -> (loss_sum, normalizer); the train step computes loss_sum / normalizer
@@ -338,7 +366,7 @@ def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = 
                       epsilon_low: float = 0.2, epsilon_high: float | None = None, dual_clip: float | None = None,
                       logprob_impl: str = "naive", temperature: float = 1.0, max_len: int | None = None,
                       off_policy_correction: str = "none", is_cap: float = 0.0, sapo_tau_pos: float = 1.0,
-                      sapo_tau_neg: float = 1.05):
+                      sapo_tau_neg: float = 1.05, vespo: dict | None = None):
   """Returns (loss_fn(params, batch, frozen) -> (loss_sum, metric_sums), normalizer(batch)).
 
   Per token: l = w' * policy_loss + beta * KL(pi || pi_ref) - entropy_coef * H, aggregated by `aggregation`;
@@ -373,6 +401,8 @@ def make_loss_fn(graphdef, *, policy_loss: str = "ppo_clip", aggregation: str = 
   policy_fn = POLICY_LOSSES[policy_loss]
   if policy_loss == "sapo":
     policy_fn = functools.partial(sapo_loss, tau_pos=sapo_tau_pos, tau_neg=sapo_tau_neg)
+  if policy_loss == "vespo":
+    policy_fn = functools.partial(vespo_loss, **(vespo or {}))
 
   def normalizer(batch):
     mask = batch["loss_mask"]
@@ -488,7 +518,7 @@ def loss_from_config(config, models):
       epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, dual_clip=rl.dual_clip or None,
       logprob_impl=models.model_cfg.logprob_impl, temperature=rl.temperature, max_len=rl.max_new_tokens,
       off_policy_correction=rl.off_policy_correction, is_cap=rl.is_cap, sapo_tau_pos=rl.sapo_tau_pos,
-      sapo_tau_neg=rl.sapo_tau_neg)
+      sapo_tau_neg=rl.sapo_tau_neg, vespo=dict(rl.vespo))
 
 
 def batch_preparer(config, models):
@@ -523,6 +553,8 @@ def validate(config, checks) -> None:
   checks.check(r.dual_clip == 0 or r.dual_clip > 1, "rl.dual_clip", f"must be 0 (off) or > 1, got {r.dual_clip}")
   for key in ("sapo_tau_pos", "sapo_tau_neg"):
     checks.check(r[key] > 0, f"rl.{key}", f"must be > 0, got {r[key]}")
+  for key in ("k_pos", "lambda_pos", "k_neg", "lambda_neg"):
+    checks.check(r.vespo[key] > 0, f"rl.vespo.{key}", f"must be > 0, got {r.vespo[key]}")
   checks.choice("rl.off_policy_correction", off_policy.CORRECTIONS)
   checks.check(r.is_cap == 0 or r.is_cap > 1, "rl.is_cap",
                f"must be 0 (the correction's default) or > 1, got {r.is_cap}")

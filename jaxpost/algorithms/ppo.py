@@ -159,7 +159,7 @@ def batch_preparer(config, models):
 UNUSED_RL = ("rl.advantage", "rl.policy_loss", "rl.aggregation", "rl.dual_clip", "rl.kl_estimator",
              "rl.kl_in_reward", "rl.dynamic_sampling", "rl.max_refills", "rl.overlong", "rl.overlong_buffer",
              "rl.off_policy_correction", "rl.is_cap", "rl.sapo_tau_pos", "rl.sapo_tau_neg", "rl.scale_rewards",
-             "rl.std_ddof", "rl.std_eps")
+             "rl.std_ddof", "rl.std_eps", "rl.vespo")
 
 
 def validate(config, checks) -> None:

@@ -399,3 +399,15 @@ def test_grpo_reward_scaling_by_hand(scale, ddof, expected):
   padded = grpo.compute_advantages(jnp.array([[1.0, 0.0], [1.0, 1.0], [9.0, 9.0]]), None, "grpo",
                                    valid=jnp.array([True, True, False]), scale=scale, ddof=ddof, eps=1e-9)
   np.testing.assert_allclose(padded, np.concatenate([expected, [[0.0, 0.0]]]), rtol=1e-5, atol=1e-6)
+
+
+def test_vespo_weights_each_sequence_by_its_gamma_of_the_summed_ratio():
+  """Two sequences of two tokens; log-ratios (0.1, 0.2) -> w = e^0.3, A = 1 (k 2, lambda 3):
+  phi = exp(3 + 2 * 0.3 - 3 e^0.3) = exp(3.6 - 4.0495764) = 0.6380150; and (0, 0) -> w = 1, A = -1 (k 3, lambda 2):
+  phi = exp(2 + 0 - 2) = 1. loss_t = -phi A logp; d/dlogp = -phi A (phi is stopped)."""
+  logps = jnp.array([[-1.0, -2.0], [-0.5, -1.5]])
+  old = logps - jnp.array([[0.1, 0.2], [0.0, 0.0]])
+  fn = lambda lp: grpo.vespo_loss(lp, old, jnp.array([1.0, -1.0]), jnp.ones((2, 2)))[0]
+  phi = np.exp(3.6 - 3 * np.exp(0.3))
+  np.testing.assert_allclose(fn(logps), [[phi, 2 * phi], [-0.5, -1.5]], rtol=1e-5)  # -phi A logp
+  np.testing.assert_allclose(jax.grad(lambda lp: jnp.sum(fn(lp)))(logps), [[-phi, -phi], [1.0, 1.0]], rtol=1e-5)

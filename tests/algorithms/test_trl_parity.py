@@ -14,12 +14,16 @@ per-token log-probs within 1e-5:
   TRL luspo, sequence == gspo + seq_mean_token_sum
   TRL cispo           == cispo + token_mean, TRL's epsilon_high = 1 + ours (TRL caps the ratio at epsilon_high)
   TRL sapo            == sapo + seq_mean_token_mean
+  TRL vespo           == vespo + token_mean          (TRL's default k and lambda)
 and with beta > 0 TRL's KL term (k3) equals ours.
 
 DPO family (`DPOTrainer._compute_loss`, the model's per-token log-probs given): sigmoid (DPO) and ipo, values and
 gradients. IPO's length normalisation is TRL's and our default (dpo.ipo_length_norm); off, the losses differ
 (shown). TRL's label smoothing belongs to its `robust` loss (rDPO), not to `sigmoid`: our sigmoid's
 label_smoothing is cDPO's, which TRL 1.16 no longer has, so it is checked by hand (tests/algorithms/test_dpo.py).
+
+KTO (`KTOTrainer._compute_loss`, with its KL batch and precomputed reference log-probs): values and gradients,
+desirable and undesirable weights.
 
 SimPO (`CPOTrainer.cpo_loss`, loss_type="simpo", with label smoothing) and ORPO's odds-ratio term
 (`ORPOTrainer.odds_ratio_loss`) on per-token-mean log-probs. ORPO's SFT term differs on purpose: ours is each
@@ -45,6 +49,7 @@ torch = pytest.importorskip("torch")
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 trl_rm = pytest.importorskip("trl.trainer.reward_trainer")
+trl_kto = pytest.importorskip("trl.trainer.kto_trainer")
 trl_cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
 trl_orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
 
@@ -93,7 +98,8 @@ def _trl_grpo(loss_type, logps, old, ref, advantages, mask, *, level="token", be
       model=types.SimpleNamespace(training=True),
       _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)},
       args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, sapo_temperature_pos=sapo[0],
-                                 sapo_temperature_neg=sapo[1], steps_per_generation=1),
+                                 sapo_temperature_neg=sapo[1], steps_per_generation=1, vespo_k_pos=2.0,
+                                 vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0),
       _get_per_token_logps_and_entropies=lambda *a, **k: (logps_t, torch.zeros(b, t), None))
   inputs = {"prompt_ids": torch.ones(b, 1, dtype=torch.long), "prompt_mask": torch.ones(b, 1, dtype=torch.long),
             "completion_ids": torch.ones(b, t, dtype=torch.long), "completion_mask": torch.tensor(mask),
@@ -129,6 +135,7 @@ def _ours(policy_loss, aggregation, logps, old, ref, advantages, mask, *, beta=0
     ("grpo", "sequence", "gspo", "seq_mean_token_mean", {"epsilon_low": 3e-4, "epsilon_high": 4e-4}),
     ("luspo", "sequence", "gspo", "seq_mean_token_sum", {"epsilon_low": 3e-4, "epsilon_high": 4e-4}),
     ("sapo", "token", "sapo", "seq_mean_token_mean", {}),
+    ("vespo", "token", "vespo", "token_mean", {}),
     ("grpo", "token", "ppo_clip", "seq_mean_token_mean", {"beta": 0.04}),
 ])
 def test_grpo_family_losses_equal_trls(trl_loss, level, ours, aggregation, extra):
@@ -278,3 +285,47 @@ def test_orpo_odds_ratio_term_equals_trls():
   grads = jax.grad(lambda c, r: jnp.sum(ours(c, r)), argnums=(0, 1))(jnp.asarray(chosen), jnp.asarray(rejected))
   np.testing.assert_allclose(grads[0], c.grad.numpy(), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(grads[1], r.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_kto_equals_trls():
+  """5 examples (3 desirable), completions at positions 1.., per-token log-probs given for the examples and for
+  their mismatched KL completions; z0 = max(0, mean(KL - ref KL)) as both compute it (detached)."""
+  rng = np.random.default_rng(4)
+  b, t = 5, 6
+  mask = np.zeros((b, t), np.float32)
+  for i, n in enumerate((3, 1, 4, 2, 5)):
+    mask[i, 1:1 + n] = 1
+  per_token = (-rng.uniform(0.1, 2.0, (b, t)) * mask).astype(np.float32)
+  kl_per_token = (-rng.uniform(0.1, 2.0, (b, t)) * mask).astype(np.float32)
+  ref = (per_token.sum(1) + rng.normal(0, 0.8, b)).astype(np.float32)
+  ref_kl = (kl_per_token.sum(1) - 0.5 + rng.normal(0, 0.3, b)).astype(np.float32)  # KL - ref KL ~ +0.5: z0 > 0
+  labels = np.array([True, False, True, True, False])
+  lp = torch.tensor(per_token[:, 1:], requires_grad=True)
+  empty = lambda: torch.zeros(b, t - 1)
+  outputs = types.SimpleNamespace(log_probs=lp, entropy=empty(), mean_logits=empty())
+  kl_outputs = types.SimpleNamespace(log_probs=torch.tensor(kl_per_token[:, 1:]))
+  ids, kl_ids = torch.ones(b, t, dtype=torch.long), torch.ones(b, t, dtype=torch.long)
+  model = lambda **kwargs: kl_outputs if kwargs["input_ids"] is kl_ids else outputs
+  model.training = True
+  trainer = object.__new__(trl_kto.KTOTrainer)
+  trainer.__dict__.update(model=model, accelerator=_OneProcess(), calculate_KL=True, aux_loss_enabled=False,
+                          precompute_ref_logps=True, loss_type="kto", beta=0.3, desirable_weight=1.0,
+                          undesirable_weight=1.5, _total_train_tokens=0, _tp_size=1,
+                          _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)})
+  inputs = {"input_ids": ids, "attention_mask": torch.ones(b, t, dtype=torch.long),
+            "completion_mask": torch.tensor(mask, dtype=torch.long), "KL_input_ids": kl_ids,
+            "KL_attention_mask": torch.ones(b, t, dtype=torch.long), "KL_completion_mask": torch.tensor(mask, dtype=torch.long),
+            "label": torch.tensor(labels), "ref_logps": torch.tensor(ref), "ref_KL_logps": torch.tensor(ref_kl)}
+  loss = trainer._compute_loss(model, inputs, return_outputs=False)
+  loss.backward()
+
+  def ours(per_token):
+    z0 = dpo.kto_reference_point(jnp.asarray(kl_per_token.sum(1)), jnp.asarray(ref_kl), jnp.ones(b))
+    return jnp.mean(dpo.kto_loss(per_token.sum(1) - ref, z0, jnp.asarray(labels), beta=0.3, desirable_weight=1.0,
+                                 undesirable_weight=1.5))
+  value, grad = jax.value_and_grad(ours)(jnp.asarray(per_token))
+  assert float(dpo.kto_reference_point(jnp.asarray(kl_per_token.sum(1)), jnp.asarray(ref_kl), jnp.ones(b))) > 0
+  np.testing.assert_allclose(float(value), float(loss.detach()), rtol=1e-5)
+  expected_grad = np.zeros_like(per_token)
+  expected_grad[:, 1:] = lp.grad.numpy()
+  np.testing.assert_allclose(np.asarray(grad) * mask, expected_grad * mask, rtol=1e-5, atol=1e-7)
