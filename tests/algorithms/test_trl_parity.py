@@ -29,6 +29,10 @@ SimPO (`CPOTrainer.cpo_loss`, loss_type="simpo", with label smoothing) and ORPO'
 (`ORPOTrainer.odds_ratio_loss`) on per-token-mean log-probs. ORPO's SFT term differs on purpose: ours is each
 pair's token mean averaged over pairs, TRL's the token mean over the batch (tests/algorithms/test_dpo.py).
 
+GKD's divergence (`GKDTrainer.generalized_jsd_loss`, a staticmethod on full logits) against our vocabulary-tiled
+kernel (jaxpost.kernels.divergence) on hidden states and unembeddings: beta 0, 0.5 and 1, temperature, masked
+token mean; values and gradients w.r.t. the student's hidden states.
+
 Reward model (`RewardTrainer.compute_loss`, the model's scalar scores given): Bradley-Terry with a margin and
 the centering term, values and gradients w.r.t. the scores.
 """
@@ -50,6 +54,7 @@ trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 trl_rm = pytest.importorskip("trl.trainer.reward_trainer")
 trl_kto = pytest.importorskip("trl.trainer.kto_trainer")
+trl_gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
 trl_cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
 trl_orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
 
@@ -329,3 +334,28 @@ def test_kto_equals_trls():
   expected_grad = np.zeros_like(per_token)
   expected_grad[:, 1:] = lp.grad.numpy()
   np.testing.assert_allclose(np.asarray(grad) * mask, expected_grad * mask, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_gkd_divergence_equals_trls_generalized_jsd(beta):
+  from jaxpost.kernels.divergence import token_divergence
+  rng = np.random.default_rng(5)
+  b, t, v = 2, 5, 37
+  h_s, h_t = rng.normal(0, 1, (b * t, 16)).astype(np.float32), rng.normal(0, 1, (b * t, 24)).astype(np.float32)
+  w_s, w_t = rng.normal(0, 0.5, (16, v)).astype(np.float32), rng.normal(0, 0.5, (24, v)).astype(np.float32)
+  labels = np.where(rng.uniform(size=(b, t)) < 0.7, 1, -100)
+  hs = torch.tensor(h_s, requires_grad=True)
+  student_logits = (hs @ torch.tensor(w_s)).reshape(b, t, v)
+  teacher_logits = (torch.tensor(h_t) @ torch.tensor(w_t)).reshape(b, t, v)
+  loss = trl_gkd.GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, labels=torch.tensor(labels), beta=beta,
+                                                 temperature=1.5)
+  loss.backward()
+  mask = jnp.asarray((labels != -100).reshape(-1), jnp.float32)
+
+  def ours(h):
+    per_token = token_divergence(h, jnp.asarray(w_s), jnp.asarray(h_t), jnp.asarray(w_t), beta=beta, temperature=1.5,
+                                 impl="chunked", block_v=16)  # (N,): 37 columns in 3 chunks, the last clamped
+    return jnp.sum(per_token * mask) / jnp.sum(mask)
+  value, grad = jax.jit(jax.value_and_grad(ours))(jnp.asarray(h_s))
+  np.testing.assert_allclose(float(value), float(loss.detach()), rtol=1e-5)
+  np.testing.assert_allclose(grad, hs.grad.numpy(), rtol=1e-5, atol=1e-6)
