@@ -127,11 +127,7 @@ class Rollouts:
       """Judges len(prompts) groups (out: their rows, G per prompt; versions (k*G, N) int32, -1 past the end)."""
       keep, rewards, metrics = judge(prompts, out)
       parts.append((len(prompts) * g, metrics))
-      for p, prompt in enumerate(prompts):
-        rows = slice(p * g, (p + 1) * g)
-        judged.append(Group(prompt, sampling_lib.SampleOutput(out.tokens[rows], out.lengths[rows],
-                                                              out.finish_reasons[rows], out.logps[rows]),
-                            bool(keep[p]), np.asarray(rewards[rows]), versions[rows]))
+      judged.extend(groups_of(prompts, out, keep, rewards, versions))
 
     if rl.sampler == "static":  # Rounds of P fresh prompts (one batch shape, one compile) while groups miss.
       for round_ in range(rl.max_refills + 1):
@@ -189,11 +185,7 @@ class Rollouts:
                                     finish_reasons=["length" if replies[r // g][1] else "stop" for r in range(len(lengths))])
     keep, rewards, metrics = judge(prompts, out)
     versions = np.where(np.arange(tokens.shape[1]) < lengths[:, None], version, -1).astype(np.int32)  # (R, N)
-    groups = [Group(prompt, sampling_lib.SampleOutput(out.tokens[p * g:(p + 1) * g], out.lengths[p * g:(p + 1) * g],
-                                                      out.finish_reasons[p * g:(p + 1) * g], out.logps[p * g:(p + 1) * g]),
-                    bool(keep[p]), np.asarray(rewards[p * g:(p + 1) * g]), versions[p * g:(p + 1) * g])
-              for p, prompt in enumerate(prompts)]
-    return groups, metrics
+    return groups_of(prompts, out, keep, rewards, versions), metrics
 
   def episodes(self, params, batch_prompts, *, seed: int, num_samples: int, temperature: float | None = None,
                version: int = 0, purpose: str = "train"):
@@ -246,12 +238,7 @@ class Rollouts:
       prompts = [dict(p, tokens=ids) for p, ids in zip(prompts, opening)]  # The rows start with the env's prompt.
       keep, shaped, metrics = judge(prompts, out, scored=(rewards, metrics))
       parts.append((len(prompts) * g, metrics))
-      versions = np.where(mask, version, -1).astype(np.int32)
-      for p, prompt in enumerate(prompts):
-        rows = slice(p * g, (p + 1) * g)
-        judged.append(Group(prompt, sampling_lib.SampleOutput(out.tokens[rows], out.lengths[rows],
-                                                              out.finish_reasons[rows], out.logps[rows]),
-                            bool(keep[p]), np.asarray(shaped[rows]), versions[rows], mask[rows]))
+      judged.extend(groups_of(prompts, out, keep, shaped, np.where(mask, version, -1).astype(np.int32), mask))
       if sum(x.keep for x in judged) >= rl.prompts_per_step or (cancel is not None and cancel()):
         break
     return judged, merge_metrics(parts)
@@ -338,6 +325,19 @@ class Group:
   def oldest(self) -> int:
     """The oldest policy version any of its tokens came from."""
     return int(self.versions[self.versions >= 0].min(initial=np.iinfo(np.int32).max))
+
+
+def groups_of(prompts: list[dict], out: sampling_lib.SampleOutput, keep, rewards, versions,
+              model_mask=None) -> list[Group]:
+  """One Group per prompt from judged rows (G = rows / prompts consecutive rows each): out, rewards (R,),
+  versions (R, N) and model_mask (R, N) or None, sliced per group; keep (P,)."""
+  if not prompts:
+    return []
+  g = len(out.lengths) // len(prompts)
+  rows = [slice(p * g, (p + 1) * g) for p in range(len(prompts))]
+  return [Group(prompt, sampling_lib.SampleOutput(out.tokens[r], out.lengths[r], out.finish_reasons[r], out.logps[r]),
+                bool(keep[p]), np.asarray(rewards[r]), versions[r], None if model_mask is None else model_mask[r])
+          for p, (prompt, r) in enumerate(zip(prompts, rows))]
 
 
 def sample_output(completions, max_new_tokens: int, pad_id: int) -> sampling_lib.SampleOutput:

@@ -12,13 +12,9 @@ from jaxpost import tokenizers
 from jaxpost.envs import chat
 from jaxpost.tasks import multiplication
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
 def test_demo_tools_chains_sft_and_grpo_and_reports(tmp_path):
   workdir = tmp_path / "demo"
-  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
-  env = {**os.environ, "XLA_FLAGS": f"{flags} {FAST_COMPILE}".strip()}
+  env = {**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")}
   result = subprocess.run(
       [sys.executable, "-m", "jaxpost.demo_tools", f"--workdir={workdir}", "--seed=1", "--num_eval=4",
        "--sft_records=40", "--sft_steps=2", "--grpo_steps=1"],

@@ -79,15 +79,21 @@ def _hidden(graphdef, params, batch):
 def token_divergences(graphdef, params, teacher_graphdef, teacher_params, batch, *, beta: float, temperature: float,
                       impl: str, return_argmax: bool = False):
   """JSD_beta(p_t || p_s) per token [B, T] f32 (student differentiable, teacher frozen) [, argmax_s, argmax_t
-  (B, T) int32], from both models' hidden states and unembeddings, vocabulary-tiled unless impl = naive. Under
-  a context mesh the tiled path runs per token shard over (data, fsdp), as the log-probs do (logprobs.py)."""
+  (B, T) int32], from both models' hidden states and unembeddings (see `_divergences`)."""
+  return _divergences(_hidden(graphdef, params, batch), _hidden(teacher_graphdef, teacher_params, batch),
+                      batch["inputs"].shape, beta=beta, temperature=temperature, impl=impl, return_argmax=return_argmax)
+
+
+def _divergences(student, teacher, shape, *, beta: float, temperature: float, impl: str, return_argmax: bool):
+  """`token_divergences` from both models' `_hidden` states, reshaped to `shape` (B, T): vocabulary-tiled unless
+  impl = naive; under a context mesh the tiled path runs per token shard over (data, fsdp), as the log-probs do
+  (logprobs.py)."""
   from jaxpost.kernels.divergence import token_divergence, token_divergence_sharded
-  b, t = batch["inputs"].shape
-  h_s, w_s, cap_s = _hidden(graphdef, params, batch)
-  h_t, w_t, cap_t = _hidden(teacher_graphdef, teacher_params, batch)
+  (h_s, w_s, cap_s), (h_t, w_t, cap_t) = student, teacher
   h_t, w_t = jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t)  # The teacher is frozen.
   kwargs = dict(beta=beta, temperature=temperature, student_softcap=cap_s, teacher_softcap=cap_t, impl=impl,
                 return_argmax=return_argmax)
+  b, t = shape
   found = None if impl == "naive" else mesh_lib.context_row_axes(b * t)
   if found is None or not found[0]:
     out = token_divergence(h_s, w_s, h_t, w_t, **kwargs)
@@ -128,11 +134,14 @@ def teacher_stats(batch, policy_params, teacher_params, *, graphdef, teacher_gra
   over the full distributions), distill/teacher_logp, distill/argmax_agreement (student and teacher argmax
   equal). Nothing here is differentiated."""
   batch = dict(batch)
-  batch["teacher_logps"] = logprobs_lib.token_logprobs(teacher_graphdef, teacher_params, batch, impl=logprob_impl,
-                                                       temperature=temperature)  # (B, T)
-  reverse_kl, argmax_s, argmax_t = token_divergences(graphdef, policy_params, teacher_graphdef, teacher_params, batch,
-                                                     beta=1.0, temperature=temperature, impl=impl,
-                                                     return_argmax=True)  # (B, T) each
+  teacher = _hidden(teacher_graphdef, teacher_params, batch)  # The teacher's forward, once for both uses.
+  h_t, w_t, cap_t = teacher
+  batch["teacher_logps"] = logprobs_lib.flat_token_logprobs(
+      h_t, w_t, batch["targets"].reshape(-1), impl=logprob_impl, temperature=temperature,
+      logit_softcap=cap_t).reshape(batch["targets"].shape)  # (B, T)
+  reverse_kl, argmax_s, argmax_t = _divergences(_hidden(graphdef, policy_params, batch), teacher,
+                                                batch["inputs"].shape, beta=1.0, temperature=temperature, impl=impl,
+                                                return_argmax=True)  # (B, T) each
   mask = batch["loss_mask"].astype(jnp.float32)
   mean = lambda x: jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
   metrics = {"distill/reverse_kl": mean(reverse_kl), "distill/teacher_logp": mean(batch["teacher_logps"]),
